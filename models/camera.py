@@ -158,7 +158,9 @@ class Camera:
         if not (torch.isfinite(yaw).all() and torch.isfinite(pitch).all()):
             raise ValueError("yaw and pitch must be finite numbers of degrees")
         if (pitch.abs() >= 90).any():
-            raise ValueError(f"pitch must be strictly between -90 and 90 degrees, got {pitch.tolist()}")
+            raise ValueError(
+                f"pitch must be strictly between -90 and 90 degrees, got {pitch.tolist()}"
+            )
         theta = math.pi / 2 + torch.deg2rad(yaw)
         phi = math.pi / 2 - torch.deg2rad(pitch)
         return cls._looking_at(_orbit_origin(theta, phi, radius), pivot, focal)
@@ -172,7 +174,9 @@ class Camera:
         batch_size: int = 1,
     ) -> Camera:
         """The frontal conditioning camera EG3D's scripts map every latent with."""
-        return cls.from_eg3d_angles([math.pi / 2] * batch_size, [math.pi / 2] * batch_size, radius, pivot, focal)
+        return cls.from_eg3d_angles(
+            [math.pi / 2] * batch_size, [math.pi / 2] * batch_size, radius, pivot, focal
+        )
 
     @classmethod
     def _looking_at(cls, origin: torch.Tensor, pivot: Sequence[float], focal: float) -> Camera:

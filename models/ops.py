@@ -92,7 +92,9 @@ def setup_filter(taps: Sequence[float], normalize: bool = True) -> torch.Tensor:
     """
     f = torch.as_tensor(taps, dtype=torch.float32)
     if f.ndim != 1 or f.numel() == 0:
-        raise ValueError(f"filter taps must be a non-empty 1-D sequence, got shape {tuple(f.shape)}")
+        raise ValueError(
+            f"filter taps must be a non-empty 1-D sequence, got shape {tuple(f.shape)}"
+        )
     f = f.ger(f)
     if normalize:
         f = f / f.sum()
@@ -229,15 +231,19 @@ def modulated_conv2d(
     Noise ([N|1, 1, H, W]) is added after demodulation in both forms.
     """
     batch = x.shape[0]
-    out_channels, in_channels, kh, kw = weight.shape
+    _, in_channels, kh, kw = weight.shape
     if styles.shape[-1] != in_channels:
-        raise ValueError(f"styles have {styles.shape[-1]} channels, the weight expects {in_channels}")
+        raise ValueError(
+            f"styles have {styles.shape[-1]} channels, the weight expects {in_channels}"
+        )
 
     # fp16 overflows on the raw products: pre-normalise weight and styles (demodulation cancels
     # the scale up to its epsilon), as upstream does.
     if x.dtype == torch.float16 and demodulate:
         weight = weight * (
-            1 / math.sqrt(in_channels * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
+            1
+            / math.sqrt(in_channels * kh * kw)
+            / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
         )
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
@@ -252,7 +258,12 @@ def modulated_conv2d(
     if not fused:
         x = x * styles.to(x.dtype).reshape(batch, -1, 1, 1)
         x = conv2d_resample(
-            x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding, flip_weight=flip_weight
+            x,
+            weight.to(x.dtype),
+            f=resample_filter,
+            up=up,
+            padding=padding,
+            flip_weight=flip_weight,
         )
         if dcoefs is not None and noise is not None:
             x = torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(batch, -1, 1, 1))
@@ -268,7 +279,13 @@ def modulated_conv2d(
     x = x.reshape(1, -1, *x.shape[2:])
     w = w.reshape(-1, in_channels, kh, kw)
     x = conv2d_resample(
-        x, w.to(x.dtype), f=resample_filter, up=up, padding=padding, groups=batch, flip_weight=flip_weight
+        x,
+        w.to(x.dtype),
+        f=resample_filter,
+        up=up,
+        padding=padding,
+        groups=batch,
+        flip_weight=flip_weight,
     )
     x = x.reshape(batch, -1, *x.shape[2:])
     if noise is not None:

@@ -24,7 +24,9 @@ def _draw(
     if rng is None or isinstance(rng, torch.Generator):
         return fn(list(shape), generator=rng, device=device, dtype=dtype)
     if len(rng) != shape[0]:
-        raise ValueError(f"got {len(rng)} generators for a batch of {shape[0]}; pass one per sample")
+        raise ValueError(
+            f"got {len(rng)} generators for a batch of {shape[0]}; pass one per sample"
+        )
     return torch.stack(
         [fn(list(shape[1:]), generator=g, device=device, dtype=dtype) for g in rng], dim=0
     )

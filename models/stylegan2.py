@@ -138,7 +138,9 @@ def truncate(
 
 
 def _check_shape(x: torch.Tensor, shape: list[int | None], name: str) -> None:
-    if x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
+    if x.ndim != len(shape) or any(
+        s is not None and s != d for s, d in zip(shape, x.shape, strict=True)
+    ):
         want = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
         raise ValueError(f"{name} must have shape {want}, got {list(x.shape)}")
 
@@ -170,7 +172,9 @@ class SynthesisLayer(nn.Module):
         self.act_gain = ops.activation_gain(activation)
         self.register_buffer("resample_filter", ops.setup_filter([1, 3, 3, 1]))
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
+        self.weight = nn.Parameter(
+            torch.randn([out_channels, in_channels, kernel_size, kernel_size])
+        )
         if use_noise:
             self.register_buffer("noise_const", torch.randn([resolution, resolution]))
             self.noise_strength = nn.Parameter(torch.zeros([]))
@@ -207,7 +211,9 @@ class SynthesisLayer(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"in={self.in_channels}, out={self.out_channels}, res={self.resolution}, up={self.up}"
+        return (
+            f"in={self.in_channels}, out={self.out_channels}, res={self.resolution}, up={self.up}"
+        )
 
 
 class ToRGBLayer(nn.Module):
@@ -223,7 +229,9 @@ class ToRGBLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.weight_gain = 1 / math.sqrt(in_channels)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = False
+    ) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
         x = ops.modulated_conv2d(x, self.weight, styles, demodulate=False, fused=fused_modconv)
         return ops.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
@@ -271,7 +279,9 @@ class SynthesisBlock(nn.Module):
                 conv_clamp=conv_clamp,
             )
             self.num_conv = 2
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
+        self.conv1 = SynthesisLayer(
+            out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp
+        )
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_torgb = 1
 

@@ -49,7 +49,9 @@ class RenderingConfig:
         if (self.ray_start is None) != (self.ray_end is None):
             raise ConfigError("ray_start and ray_end must both be numbers or both be None ('auto')")
         if self.ray_start is not None and not 0 <= self.ray_start < self.ray_end:  # type: ignore[operator]
-            raise ConfigError(f"need 0 <= ray_start < ray_end, got {self.ray_start}, {self.ray_end}")
+            raise ConfigError(
+                f"need 0 <= ray_start < ray_end, got {self.ray_start}, {self.ray_end}"
+            )
         if self.depth_resolution < 2:
             raise ConfigError(f"depth_resolution must be >= 2, got {self.depth_resolution}")
         if self.depth_resolution_importance < 0:
@@ -88,7 +90,9 @@ class SuperResolutionConfig:
         object.__setattr__(self, "block_channels", tuple(int(c) for c in self.block_channels))
         object.__setattr__(self, "block_upsample", tuple(bool(u) for u in self.block_upsample))
         if self.variant not in SR_VARIANTS:
-            raise ConfigError(f"unknown super-resolution variant {self.variant!r}; use {SR_VARIANTS}")
+            raise ConfigError(
+                f"unknown super-resolution variant {self.variant!r}; use {SR_VARIANTS}"
+            )
         if not self.block_channels or len(self.block_channels) != len(self.block_upsample):
             raise ConfigError("block_channels and block_upsample need the same, non-zero length")
         if self.input_resolution < 4:
@@ -118,7 +122,9 @@ class EG3DConfig:
     c_dim: int = 25  # conditioning label size (16 cam2world + 9 intrinsics)
     img_resolution: int = 512  # final image side, pixels
     mapping_layers: int = 2  # fully connected layers in the mapping network
-    channel_base: int = 32768  # backbone channels at resolution r: min(channel_base / r, channel_max)
+    channel_base: int = (
+        32768  # backbone channels at resolution r: min(channel_base / r, channel_max)
+    )
     channel_max: int = 512
     plane_resolution: int = 256  # tri-plane side, pixels (the backbone's output resolution)
     plane_channels: int = 32  # feature channels per plane
@@ -132,7 +138,12 @@ class EG3DConfig:
 
     def __post_init__(self) -> None:
         positive = (
-            "z_dim", "w_dim", "c_dim", "mapping_layers", "plane_channels", "decoder_hidden",
+            "z_dim",
+            "w_dim",
+            "c_dim",
+            "mapping_layers",
+            "plane_channels",
+            "decoder_hidden",
             "feature_channels",
         )
         for name in positive:
@@ -143,9 +154,13 @@ class EG3DConfig:
             if value < 4 or 2 ** int(math.log2(value)) != value:
                 raise ConfigError(f"{name} must be a power of two >= 4, got {value}")
         if self.feature_channels < 3:
-            raise ConfigError(f"feature_channels must be >= 3 (RGB first), got {self.feature_channels}")
+            raise ConfigError(
+                f"feature_channels must be >= 3 (RGB first), got {self.feature_channels}"
+            )
         if self.plane_order not in PLANE_AXES:
-            raise ConfigError(f"plane_order must be one of {tuple(PLANE_AXES)}, got {self.plane_order!r}")
+            raise ConfigError(
+                f"plane_order must be one of {tuple(PLANE_AXES)}, got {self.plane_order!r}"
+            )
         if self.superresolution.output_resolution != self.img_resolution:
             raise ConfigError(
                 f"super-resolution turns {self.superresolution.input_resolution} px into "
@@ -168,5 +183,7 @@ def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(names)}")
+        raise ConfigError(
+            f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(names)}"
+        )
     return data

@@ -39,10 +39,16 @@ class TriPlaneGenerator(nn.Module):
         )
         self.renderer = ImportanceRenderer(config.plane_order)
         self.decoder = TriPlaneDecoder(
-            config.plane_channels, config.decoder_hidden, config.feature_channels, config.decoder_lr_mul
+            config.plane_channels,
+            config.decoder_hidden,
+            config.feature_channels,
+            config.decoder_lr_mul,
         )
         self.superresolution = SuperResolution(
-            config.superresolution, config.feature_channels, config.w_dim, config.rendering.sr_antialias
+            config.superresolution,
+            config.feature_channels,
+            config.w_dim,
+            config.rendering.sr_antialias,
         )
         # Registered by EG3D's training loop (std of the dataset's labels); kept so state dicts
         # round-trip. Not used at inference.
@@ -132,7 +138,9 @@ class TriPlaneGenerator(nn.Module):
                 depth_resolution_importance,
                 rng,
             )
-        feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], resolution, resolution)
+        feature_image = features.permute(0, 2, 1).reshape(
+            n, features.shape[-1], resolution, resolution
+        )
         feature_image = feature_image.contiguous()
         depth_image = depth.permute(0, 2, 1).reshape(n, 1, resolution, resolution)
         rgb_image = feature_image[:, :3]

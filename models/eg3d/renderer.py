@@ -83,7 +83,9 @@ class TriPlaneDecoder(nn.Module):
     Keeps upstream's ``net.0`` / ``net.2`` parameter names (a Sequential with Softplus between).
     """
 
-    def __init__(self, in_features: int, hidden: int, out_features: int, lr_mul: float = 1.0) -> None:
+    def __init__(
+        self, in_features: int, hidden: int, out_features: int, lr_mul: float = 1.0
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
             FullyConnectedLayer(in_features, hidden, lr_multiplier=lr_mul),
@@ -132,7 +134,9 @@ def stratified_depths(
     """
     if isinstance(ray_start, torch.Tensor):
         assert isinstance(ray_end, torch.Tensor)
-        steps = torch.arange(depth_resolution, dtype=torch.float32, device=device) / (depth_resolution - 1)
+        steps = torch.arange(depth_resolution, dtype=torch.float32, device=device) / (
+            depth_resolution - 1
+        )
         steps = steps.reshape(1, 1, -1, 1)
         depths = ray_start.unsqueeze(2) + steps * (ray_end - ray_start).unsqueeze(2)
         delta = ((ray_end - ray_start) / (depth_resolution - 1)).unsqueeze(2)
@@ -278,7 +282,9 @@ class ImportanceRenderer(nn.Module):
             depths = stratified_depths(
                 n, m, options.ray_start, options.ray_end, n_coarse, rng, origins.device
             )
-        colors, densities = self._query(planes, decoder, origins, directions, depths, options.box_warp)
+        colors, densities = self._query(
+            planes, decoder, origins, directions, depths, options.box_warp
+        )
 
         if n_fine > 0:
             _, _, weights = march_rays(colors, densities, depths, options.white_back)

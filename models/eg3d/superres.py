@@ -24,7 +24,9 @@ class SuperResolution(nn.Module):
     the skip branch each block's toRGB output is added to.
     """
 
-    def __init__(self, config: SuperResolutionConfig, in_channels: int, w_dim: int, antialias: bool) -> None:
+    def __init__(
+        self, config: SuperResolutionConfig, in_channels: int, w_dim: int, antialias: bool
+    ) -> None:
         super().__init__()
         self.config = config
         self.input_resolution = config.input_resolution
@@ -33,7 +35,7 @@ class SuperResolution(nn.Module):
         channels = in_channels
         n_blocks = len(config.block_channels)
         for idx, (out_channels, upsample) in enumerate(
-            zip(config.block_channels, config.block_upsample)
+            zip(config.block_channels, config.block_upsample, strict=True)
         ):
             resolution = resolution * 2 if upsample else resolution
             block = SynthesisBlock(
@@ -66,7 +68,9 @@ class SuperResolution(nn.Module):
         ws = ws[:, -1:, :].repeat(1, 3, 1)
         if x.shape[-1] != self.input_resolution:
             size = (self.input_resolution, self.input_resolution)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=self.antialias)
+            x = F.interpolate(
+                x, size=size, mode="bilinear", align_corners=False, antialias=self.antialias
+            )
             rgb = F.interpolate(
                 rgb, size=size, mode="bilinear", align_corners=False, antialias=self.antialias
             )

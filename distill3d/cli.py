@@ -1,0 +1,238 @@
+"""The ``distill3d`` command line: each subcommand parses its flags and calls one library function.
+
+Errors that a user can fix (bad file, bad flag value) are printed as one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .models.errors import CheckpointError, ConfigError
+
+
+def _add_init(sub: argparse._SubParsersAction) -> None:
+    from .models.eg3d.presets import PRESETS
+
+    p = sub.add_parser(
+        "init",
+        help="write a randomly initialised generator of a preset architecture",
+        description="Write a randomly initialised EG3D generator in distill3d's checkpoint format, "
+        "so the pipeline can be tried without official weights.",
+    )
+    p.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    p.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
+    p.set_defaults(func=cmd_init)
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    from .models.checkpoint import save_checkpoint
+    from .models.load import init_generator
+
+    generator = init_generator(args.preset, args.seed)
+    save_checkpoint(
+        generator, args.out, metadata={"source": f"init --preset {args.preset} --seed {args.seed}"}
+    )
+    n_params = sum(p.numel() for p in generator.parameters())
+    print(f"wrote {args.out} ({args.preset}, {n_params:,} parameters, seed {args.seed})")
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert an official EG3D .pkl into a distill3d checkpoint",
+        description="Read an official EG3D checkpoint with a restricted unpickler (its embedded "
+        "code is never run) and write G_ema in distill3d's format.",
+    )
+    p.add_argument("src", type=Path, help="official EG3D .pkl (e.g. ffhq512-128.pkl)")
+    p.add_argument("dst", type=Path, help="checkpoint folder to write")
+    p.add_argument(
+        "--plane-order",
+        choices=["original", "corrected"],
+        default="original",
+        help="tri-plane axes the weights were trained with: 'original' (xy, xz, zx) for NVIDIA's "
+        "checkpoints, 'corrected' (xy, yz, zx) for forks that fixed NVlabs/eg3d#67",
+    )
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .models.checkpoint import save_checkpoint, sha256_file
+    from .models.eg3d.convert import generator_from_official
+    from .models.eg3d.official import load_official_pickle
+
+    generator = generator_from_official(load_official_pickle(args.src), args.plane_order)
+    metadata = {
+        "source": args.src.name,
+        "source_sha256": sha256_file(args.src),
+        "licence": "NVIDIA Source Code License for EG3D (non-commercial); see the README",
+    }
+    save_checkpoint(generator, args.dst, metadata=metadata)
+    cfg = generator.config
+    print(
+        f"wrote {args.dst}: {cfg.img_resolution}px, neural rendering {cfg.neural_rendering_resolution}px, "
+        f"super-resolution {cfg.superresolution.variant}, {cfg.mapping_layers} mapping layers, "
+        f"plane order {cfg.plane_order}"
+    )
+
+
+def _parse_latent_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="identity: z = RandomState(seed).randn (EG3D's convention)",
+    )
+    p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default 1: none)")
+    p.add_argument(
+        "--truncation-cutoff", type=int, default=None, help="truncate only the first N ws"
+    )
+
+
+def _add_render(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "render",
+        help="render one image of a latent from a yaw/pitch",
+        description="Render one image. --model takes 'default' (the embedded model), a distill3d "
+        "checkpoint folder or an official EG3D .pkl.",
+    )
+    p.add_argument(
+        "--model", default="default", help="'default', a checkpoint folder or an EG3D .pkl"
+    )
+    _parse_latent_source(p)
+    p.add_argument(
+        "--yaw", type=float, default=0.0, help="degrees; positive turns the camera towards +x"
+    )
+    p.add_argument(
+        "--pitch", type=float, default=0.0, help="degrees of elevation; positive looks from above"
+    )
+    p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
+    p.add_argument(
+        "--render-seed", type=int, default=0, help="seed of the ray jitter and random noise"
+    )
+    p.add_argument(
+        "--nrr", type=int, default=None, help="neural-rendering resolution (default: the model's)"
+    )
+    p.add_argument("--depth-samples", type=int, default=None, help="coarse samples per ray")
+    p.add_argument(
+        "--importance-samples", type=int, default=None, help="importance samples per ray"
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--plane-order",
+        choices=["original", "corrected"],
+        default="original",
+        help="for .pkl models only (see `distill3d convert --help`)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="image file (.png, .jpg or .webp)")
+    p.add_argument(
+        "--depth-out",
+        type=Path,
+        default=None,
+        help="also write the depth map: .png (near = bright) or .npy (raw distances)",
+    )
+    p.add_argument(
+        "--raw-out", type=Path, default=None, help="also write the low-resolution raw image"
+    )
+    p.set_defaults(func=cmd_render)
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from .models.images import depth_to_uint8, save_image, to_uint8
+    from .models.latents import z_from_seed
+    from .models.load import load_model
+    from .models.render import RenderOptions, orbit_camera, render
+    from .models.rng import generator_for
+
+    device = _device(args.device)
+    generator = load_model(args.model, device, args.plane_order)
+    options = RenderOptions(
+        truncation_psi=args.truncation,
+        truncation_cutoff=args.truncation_cutoff,
+        noise_mode=args.noise_mode,
+        neural_rendering_resolution=args.nrr,
+        depth_resolution=args.depth_samples,
+        depth_resolution_importance=args.importance_samples,
+    )
+    camera = orbit_camera(generator, args.yaw, args.pitch)  # type: ignore[arg-type]
+    z = z_from_seed(args.seed, generator.z_dim)
+    start = time.perf_counter()
+    out = render(generator, z, camera, options, rng=generator_for(args.render_seed, device))  # type: ignore[arg-type]
+    elapsed = time.perf_counter() - start
+    save_image(to_uint8(out["image"]), args.out)
+    if args.raw_out:
+        save_image(to_uint8(out["image_raw"]), args.raw_out)
+    if args.depth_out:
+        if args.depth_out.suffix == ".npy":
+            args.depth_out.parent.mkdir(parents=True, exist_ok=True)
+            np.save(args.depth_out, out["image_depth"][0, 0].cpu().numpy())
+        else:
+            save_image(depth_to_uint8(out["image_depth"]), args.depth_out)
+    size = out["image"].shape[-1]
+    print(
+        f"wrote {args.out} ({size}x{size}, seed {args.seed}, yaw {args.yaw}, pitch {args.pitch}) in {elapsed:.2f} s"
+    )
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print a model's architecture and rendering settings as JSON")
+    p.add_argument("model", help="'default', a checkpoint folder or an EG3D .pkl")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .models.load import load_model
+
+    model = load_model(args.model)
+    info = {
+        "class": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "config": model.config.to_dict(),  # type: ignore[operator]
+    }
+    print(json.dumps(info, indent=2))
+
+
+def _device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {name}: CUDA is not available on this machine; use --device cpu"
+        )
+    return device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill3d",
+        description="Distil EG3D into a fast convolutional generator, export it and serve it.",
+    )
+    parser.add_argument("--version", action="version", version=f"distill3d {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_init(sub)
+    _add_convert(sub)
+    _add_render(sub)
+    _add_info(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"distill3d {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Conversions between network outputs and image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """[3, H, W] or [1, 3, H, W] in [-1, 1] -> uint8 [H, W, 3].
+
+    Upstream's conversion ``(x * 127.5 + 128).clamp(0, 255)`` then truncation, kept exactly so pixels
+    match EG3D's saved images.
+    """
+    if img.ndim == 4:
+        if img.shape[0] != 1:
+            raise ValueError(f"expected a single image, got a batch of {img.shape[0]}")
+        img = img[0]
+    x = (img.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 0).cpu().numpy()
+
+
+def depth_to_uint8(depth: torch.Tensor) -> np.ndarray:
+    """[1, H, W] or [1, 1, H, W] ray distances -> uint8 [H, W], near = bright, scaled to its range."""
+    d = depth.detach().float().reshape(depth.shape[-2], depth.shape[-1])
+    lo, hi = d.min(), d.max()
+    scaled = (hi - d) / (hi - lo) if hi > lo else torch.zeros_like(d)
+    return (scaled * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def save_image(array: np.ndarray, path: str | Path) -> Path:
+    """Save a uint8 [H, W, 3] or [H, W] array; the format follows the suffix (png, jpg, webp)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path

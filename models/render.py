@@ -1,0 +1,70 @@
+"""Render a latent from a yaw/pitch: the few lines every caller (CLI, service, tests) needs.
+
+w = G.mapping(z, frontal_c)          # the identity, fixed by the frontal camera
+c = Camera.orbit(yaw, pitch).label   # the view
+out = G.synthesis(w, c)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .camera import Camera
+from .eg3d.generator import TriPlaneGenerator
+from .rng import RandomSource
+from .stylegan2 import NoiseMode
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Per-render settings; None means the model's own value."""
+
+    truncation_psi: float = 1.0  # 1 = no truncation; smaller values pull w towards the average
+    truncation_cutoff: int | None = None  # truncate only the first N ws (None = all)
+    noise_mode: NoiseMode = "const"  # backbone noise: the checkpoint's fixed maps by default
+    neural_rendering_resolution: int | None = None
+    depth_resolution: int | None = None
+    depth_resolution_importance: int | None = None
+
+
+def frontal_camera(generator: TriPlaneGenerator, batch_size: int = 1) -> Camera:
+    """The camera EG3D conditions the mapping with: frontal, at the model's radius and pivot."""
+    rk = generator.config.rendering
+    return Camera.frontal(rk.avg_camera_radius, rk.avg_camera_pivot, rk.focal_length, batch_size)
+
+
+def orbit_camera(
+    generator: TriPlaneGenerator, yaw_deg: float | list[float], pitch_deg: float | list[float]
+) -> Camera:
+    """A camera at yaw/pitch degrees around the model's pivot, at its radius and focal length."""
+    rk = generator.config.rendering
+    return Camera.orbit(
+        yaw_deg, pitch_deg, rk.avg_camera_radius, rk.avg_camera_pivot, rk.focal_length
+    )
+
+
+@torch.no_grad()
+def render(
+    generator: TriPlaneGenerator,
+    z: torch.Tensor,
+    camera: Camera,
+    options: RenderOptions | None = None,
+    rng: RandomSource = None,
+) -> dict[str, torch.Tensor]:
+    """Map ``z`` [N, z_dim] with the frontal camera and render it from ``camera`` (N views)."""
+    options = options or RenderOptions()
+    device = next(generator.parameters()).device
+    z = z.to(device)
+    c_cond = frontal_camera(generator, z.shape[0]).to_label().to(device)
+    ws = generator.mapping(z, c_cond, options.truncation_psi, options.truncation_cutoff)
+    return generator.synthesis(
+        ws,
+        camera.to_label().to(device),
+        neural_rendering_resolution=options.neural_rendering_resolution,
+        noise_mode=options.noise_mode,
+        depth_resolution=options.depth_resolution,
+        depth_resolution_importance=options.depth_resolution_importance,
+        rng=rng,
+    )
