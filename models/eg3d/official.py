@@ -184,8 +184,10 @@ def _reconstruct_persistent(meta: object) -> PersistentObject:
     if type(version) is not int:
         raise CheckpointError(f"persistent-object version must be an int, got {version!r}")
     class_name = meta.get("class_name")
-    if not isinstance(class_name, str) or not class_name.isidentifier() or keyword.iskeyword(
-        class_name
+    if (
+        not isinstance(class_name, str)
+        or not class_name.isidentifier()
+        or keyword.iskeyword(class_name)
     ):
         raise CheckpointError(f"persistent-object class_name must be an identifier: {class_name!r}")
     if version != _KNOWN_PERSISTENCE_VERSION:
@@ -242,7 +244,7 @@ def _rebuild_tensor(
     _check_flag_and_hooks(requires_grad, backward_hooks)
     if metadata:
         raise CheckpointError("tensors with extra metadata (conjugate/negative bits) are refused")
-    extent = storage_offset + sum((n - 1) * s for n, s in zip(shape, strides)) + 1
+    extent = storage_offset + sum((n - 1) * s for n, s in zip(shape, strides, strict=True)) + 1
     if 0 not in shape and extent > storage.size():
         raise CheckpointError(
             f"tensor of size {shape}, stride {strides}, offset {storage_offset} needs {extent} "
@@ -269,7 +271,9 @@ def _rebuild_parameter_with_state(
     The state holds python attributes set on a Parameter; they carry no weights, so they are
     checked for shape and dropped instead of being set on anything.
     """
-    dict_state, slots_state = state if isinstance(state, tuple) and len(state) == 2 else (state, None)
+    dict_state, slots_state = (
+        state if isinstance(state, tuple) and len(state) == 2 else (state, None)
+    )
     if not all(part is None or isinstance(part, dict) for part in (dict_state, slots_state)):
         raise CheckpointError(f"unexpected parameter state of type {type(state).__name__}")
     return _rebuild_parameter(data, requires_grad, backward_hooks)
@@ -303,7 +307,9 @@ def _check_flag_and_hooks(requires_grad: object, backward_hooks: object) -> None
 def _attribute_dict(state: object, owner: str) -> dict[str, Any]:
     """An object's pickled ``__dict__``: a dict keyed by strings."""
     if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
-        raise CheckpointError(f"{owner}: expected its __dict__ as state, got {type(state).__name__}")
+        raise CheckpointError(
+            f"{owner}: expected its __dict__ as state, got {type(state).__name__}"
+        )
     return dict(state)
 
 
