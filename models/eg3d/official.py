@@ -421,10 +421,10 @@ class _NotPlainError(Exception):
 
 def _to_plain(value: Any) -> Any:
     """EasyDict/OrderedDict -> dict, numpy scalars -> python numbers, containers recursively."""
+    if isinstance(value, np.generic):  # before float: np.float64 subclasses it
+        return value.item()
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, dict):
         return {_to_plain(key): _to_plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):

@@ -67,6 +67,10 @@ class Reduced:
     def __reduce__(self) -> tuple[Callable[..., Any], tuple]:
         return self.func, self.args
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Reduced:
+        # copy.deepcopy would otherwise rebuild the object by calling func, i.e. run the payload.
+        return Reduced(self.func, copy.deepcopy(self.args, memo))
+
 
 @dataclass
 class UpstreamLayout:
@@ -194,14 +198,20 @@ def _stand_in_function(module: str, name: str) -> Callable[..., None]:
     return func
 
 
+# Pickled by name as upstream's reconstruct function: ``Reduced(RECONSTRUCT_PERSISTENT_OBJ, (meta,))``
+# in a snapshot given to official_pickle_bytes() writes a persistent object with any meta at all.
+RECONSTRUCT_PERSISTENT_OBJ = _stand_in_function(
+    "torch_utils.persistence", "_reconstruct_persistent_obj"
+)
+_UPSTREAM_EASYDICT = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
+
+
 class _StandIns:
     """The objects the pickler finds under upstream's module and class names."""
 
     def __init__(self, numpy_scalar_module: str) -> None:
-        self.reconstruct = _stand_in_function(
-            "torch_utils.persistence", "_reconstruct_persistent_obj"
-        )
-        self.easydict = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
+        self.reconstruct = RECONSTRUCT_PERSISTENT_OBJ
+        self.easydict = _UPSTREAM_EASYDICT
         real_scalar = np.float64(0).__reduce__()[0]
         if real_scalar.__module__ == numpy_scalar_module:
             self.scalar = real_scalar
@@ -233,6 +243,13 @@ class _StandIns:
                 continue  # the real module already provides it (numpy's own scalar)
             module = fakes.setdefault(obj.__module__, types.ModuleType(obj.__module__))
             setattr(module, obj.__qualname__, obj)
+        for name in list(fakes):  # the import system needs each parent package too
+            parts = name.split(".")
+            for depth in range(1, len(parts)):
+                parent = ".".join(parts[:depth])
+                if parent not in sys.modules and parent not in fakes:
+                    fakes[parent] = types.ModuleType(parent)
+                    fakes[parent].__path__ = []
         shadowed = {name: sys.modules.get(name) for name in fakes}
         sys.modules.update(fakes)
         try:
