@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from distill3d.models.eg3d.generator import TriPlaneGenerator
 from distill3d.models.load import init_generator
 

@@ -143,12 +143,13 @@ class NumpyDtype:
 
     __slots__ = ("byteorder", "name")
 
-    def __init__(self, name: object, align: object = False, copy: object = False) -> None:
+    def __init__(self, name: object, align: object = False, copy: object = True) -> None:
+        # `copy` only matters to numpy (it keeps BUILD off the shared dtype singletons).
         if not isinstance(name, str) or name not in _NUMPY_DTYPES:
             raise CheckpointError(
                 f"numpy dtype {name!r} is refused: only plain numbers and bools occur in EG3D files"
             )
-        if align not in (False, 0):
+        if align:
             raise CheckpointError("aligned (structured) numpy dtypes are refused")
         self.name = name
         self.byteorder = "="
@@ -166,7 +167,7 @@ class NumpyDtype:
     def to_numpy(self) -> np.dtype:
         """The real dtype, with the byte order the file recorded."""
         dtype = np.dtype(self.name)
-        return dtype.newbyteorder(self.byteorder) if self.byteorder in "<>" else dtype
+        return dtype.newbyteorder(self.byteorder) if self.byteorder in ("<", ">") else dtype
 
 
 # --- Functions the pickle may call -----------------------------------------------------------------

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from distill3d.models.camera import Camera, focal_from_eg3d_fov, focal_from_fov
 
 # A frontal training label from EG3D's FFHQ dataset.json (image 00023.png, NVlabs/eg3d#65).

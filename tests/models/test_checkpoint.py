@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from distill3d.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, save_checkpoint
 from distill3d.models.errors import CheckpointError
 from distill3d.models.load import default_model, init_generator, load_model

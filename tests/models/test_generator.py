@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from distill3d.models.camera import Camera
 from distill3d.models.eg3d.config import EG3DConfig
 from distill3d.models.eg3d.presets import preset

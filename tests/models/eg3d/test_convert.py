@@ -10,6 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from official_pickle import EasyDict, UpstreamLayout, write_official_pickle
+from torch import nn
+
+from distill3d.cli import main
 from distill3d.models.checkpoint import load_checkpoint, read_checkpoint_info
 from distill3d.models.eg3d.config import EG3DConfig, SuperResolutionConfig
 from distill3d.models.eg3d.convert import config_from_official, generator_from_official
@@ -19,10 +23,6 @@ from distill3d.models.eg3d.presets import preset
 from distill3d.models.errors import CheckpointError
 from distill3d.models.render import RenderOptions, orbit_camera, render
 from distill3d.models.rng import generator_for
-from official_pickle import EasyDict, UpstreamLayout, write_official_pickle
-from torch import nn
-
-from distill3d.cli import main
 
 PLANE_AXES = torch.tensor(
     [

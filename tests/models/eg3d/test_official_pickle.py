@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from distill3d.models.eg3d.official import RestrictedUnpickler, load_official_pickle
-from distill3d.models.errors import CheckpointError
 from official_pickle import (
     RECONSTRUCT_PERSISTENT_OBJ,
     EasyDict,
@@ -30,6 +28,9 @@ from official_pickle import (
     tiny_triplane_layout,
     write_official_pickle,
 )
+
+from distill3d.models.eg3d.official import RestrictedUnpickler, load_official_pickle
+from distill3d.models.errors import CheckpointError
 
 NUMPY_MODULES = ["numpy._core.multiarray", "numpy.core.multiarray"]  # numpy 2.x and 1.x names
 
