@@ -345,9 +345,16 @@ def test_minimal_network_loads(tmp_path: Path) -> None:
     blob = legacy_storage_blob(torch.arange(4.0))
     path = tmp_path / "ok.pkl"
     good = raw_tensor(blob, (2, 2), (2, 1), OrderedDict())
-    path.write_bytes(official_pickle_bytes({"G_ema": minimal_network(weight=good)}))
+    # torch writes this form for a Parameter with python attributes; they are dropped, not set.
+    with_state = Reduced(
+        torch._utils._rebuild_parameter_with_state,
+        (torch.ones(3), False, OrderedDict(), ({"note": "x"}, None)),
+    )
+    snapshot = {"G_ema": minimal_network(weight=good, gain=with_state)}
+    path.write_bytes(official_pickle_bytes(snapshot))
     net = load_official_pickle(path)
     assert torch.equal(net.state_dict["weight"], torch.arange(4.0).view(2, 2))
+    assert_bit_exact(net.state_dict["gain"], torch.ones(3), "gain")
     assert net.class_name == "Net"
 
 
