@@ -167,3 +167,14 @@ def test_full_size_ffhq512_renders_on_cpu() -> None:
     assert out["feature"].shape == (1, 32, 128, 128)
     assert out["image_depth"].shape == (1, 1, 128, 128)
     assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_bf16_autocast_stays_close_to_fp32(tiny_generator) -> None:
+    g = tiny_generator
+    args = (g, z_from_seed(0, g.z_dim), orbit_camera(g, 10, 0))
+    ref = render(*args, rng=generator_for(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = render(*args, rng=generator_for(0))
+    for key in ("image", "image_depth", "feature"):
+        assert torch.isfinite(low[key]).all()
+        assert (low[key].float() - ref[key]).abs().max() < 0.1, key
