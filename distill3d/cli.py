@@ -46,6 +46,12 @@ def cmd_init(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({args.preset}, {n_params:,} parameters, seed {args.seed})")
 
 
+def _add_plane_order(p: argparse.ArgumentParser, help_text: str) -> None:
+    from .models.eg3d.config import PLANE_AXES
+
+    p.add_argument("--plane-order", choices=sorted(PLANE_AXES), default="original", help=help_text)
+
+
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
@@ -55,11 +61,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", type=Path, help="official EG3D .pkl (e.g. ffhq512-128.pkl)")
     p.add_argument("dst", type=Path, help="checkpoint folder to write")
-    p.add_argument(
-        "--plane-order",
-        choices=["original", "corrected"],
-        default="original",
-        help="tri-plane axes the weights were trained with: 'original' (xy, xz, zx) for NVIDIA's "
+    _add_plane_order(
+        p,
+        "tri-plane axes the weights were trained with: 'original' (xy, xz, zx) for NVIDIA's "
         "checkpoints, 'corrected' (xy, yz, zx) for forks that fixed NVlabs/eg3d#67",
     )
     p.set_defaults(func=cmd_convert)
@@ -85,7 +89,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     )
 
 
-def _parse_latent_source(p: argparse.ArgumentParser) -> None:
+def _add_latent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed",
         type=int,
@@ -108,7 +112,7 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", default="default", help="'default', a checkpoint folder or an EG3D .pkl"
     )
-    _parse_latent_source(p)
+    _add_latent_flags(p)
     p.add_argument(
         "--yaw", type=float, default=0.0, help="degrees; positive turns the camera towards +x"
     )
@@ -127,12 +131,7 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
         "--importance-samples", type=int, default=None, help="importance samples per ray"
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--plane-order",
-        choices=["original", "corrected"],
-        default="original",
-        help="for .pkl models only (see `distill3d convert --help`)",
-    )
+    _add_plane_order(p, "for .pkl models only (see `distill3d convert --help`)")
     p.add_argument("--out", type=Path, required=True, help="image file (.png, .jpg or .webp)")
     p.add_argument(
         "--depth-out",

@@ -122,9 +122,8 @@ class EG3DConfig:
     c_dim: int = 25  # conditioning label size (16 cam2world + 9 intrinsics)
     img_resolution: int = 512  # final image side, pixels
     mapping_layers: int = 2  # fully connected layers in the mapping network
-    channel_base: int = (
-        32768  # backbone channels at resolution r: min(channel_base / r, channel_max)
-    )
+    # Backbone channels at resolution r: min(channel_base / r, channel_max).
+    channel_base: int = 32768
     channel_max: int = 512
     plane_resolution: int = 256  # tri-plane side, pixels (the backbone's output resolution)
     plane_channels: int = 32  # feature channels per plane

@@ -8,6 +8,7 @@ last backbone block.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -112,13 +113,8 @@ def config_from_official(net: OfficialNetwork, plane_order: PlaneOrder = "origin
             f"unsupported super-resolution module {module!r}; supported: {sorted(SR_MODULES)}"
         )
     sr_fp16 = int(kw.get("sr_num_fp16_res", 0)) > 0
-    sr = SuperResolutionConfig.preset(SR_MODULES[module])
-    sr = SuperResolutionConfig(
-        sr.variant,
-        sr.input_resolution,
-        sr.block_channels,
-        sr.block_upsample,
-        sr.filter_buffer,
+    sr = dataclasses.replace(
+        SuperResolutionConfig.preset(SR_MODULES[module]),
         use_fp16=sr_fp16,
         conv_clamp=256.0 if sr_fp16 else None,  # upstream ties the clamp to fp16
     )

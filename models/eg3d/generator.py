@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..rng import RandomSource
-from ..stylegan2 import NoiseMode, StyleGAN2Generator, check_noise_mode
+from ..stylegan2 import NoiseMode, StyleGAN2Generator
 from .config import EG3DConfig
 from .renderer import ImportanceRenderer, TriPlaneDecoder, sample_rays
 from .superres import SuperResolution
@@ -112,7 +112,6 @@ class TriPlaneGenerator(nn.Module):
         ``rng`` makes the stochastic parts reproducible (backbone noise in 'random' mode, ray
         jitter, importance samples); ``planes`` skips the backbone.
         """
-        check_noise_mode(noise_mode)
         if c.ndim != 2 or c.shape[1] != 25:
             raise ValueError(
                 f"camera label c must have shape [N, 25] (16 cam2world + 9 intrinsics), got {list(c.shape)}"
