@@ -29,6 +29,7 @@ from .. import __version__
 from .eg3d.config import EG3DConfig
 from .eg3d.generator import TriPlaneGenerator
 from .errors import CheckpointError
+from .student import Student, StudentConfig
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -37,6 +38,7 @@ WEIGHTS_NAME = "model.safetensors"
 # Model families by the name stored in config.json: (module class, config class).
 MODEL_CLASSES: dict[str, tuple[type[nn.Module], type]] = {
     "eg3d": (TriPlaneGenerator, EG3DConfig),
+    "student": (Student, StudentConfig),
 }
 
 

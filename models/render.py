@@ -14,7 +14,11 @@ import torch
 from .camera import Camera
 from .eg3d.generator import TriPlaneGenerator
 from .rng import RandomSource
+from .student import Student
 from .stylegan2 import NoiseMode
+
+# Both render the same way: ``mapping(z, frontal c)`` then ``synthesis(ws, c)``.
+Generator = TriPlaneGenerator | Student
 
 
 @dataclass(frozen=True)
@@ -27,16 +31,17 @@ class RenderOptions:
     neural_rendering_resolution: int | None = None
     depth_resolution: int | None = None
     depth_resolution_importance: int | None = None
+    # The three above apply to the volumetric teacher only; a student ignores them.
 
 
-def frontal_camera(generator: TriPlaneGenerator, batch_size: int = 1) -> Camera:
+def frontal_camera(generator: Generator, batch_size: int = 1) -> Camera:
     """The camera EG3D conditions the mapping with: frontal, at the model's radius and pivot."""
     rk = generator.config.rendering
     return Camera.frontal(rk.avg_camera_radius, rk.avg_camera_pivot, rk.focal_length, batch_size)
 
 
 def orbit_camera(
-    generator: TriPlaneGenerator, yaw_deg: float | list[float], pitch_deg: float | list[float]
+    generator: Generator, yaw_deg: float | list[float], pitch_deg: float | list[float]
 ) -> Camera:
     """A camera at yaw/pitch degrees around the model's pivot, at its radius and focal length."""
     rk = generator.config.rendering
@@ -47,7 +52,7 @@ def orbit_camera(
 
 @torch.no_grad()
 def render(
-    generator: TriPlaneGenerator,
+    generator: Generator,
     z: torch.Tensor,
     camera: Camera,
     options: RenderOptions | None = None,
