@@ -294,6 +294,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         config = train_config_from_args(args)
     result = train(config, args.out, resume=args.resume, steps=args.steps, progress=not args.quiet)  # type: ignore[arg-type]
+    if not result.is_main:
+        return
     print(
         f"{args.out}: step {result.step}; held-out PSNR vs teacher "
         f"{result.heldout_psnr_start:.2f} -> {result.heldout_psnr_end:.2f} dB; "

@@ -329,6 +329,7 @@ class TrainResult:
     step: int
     heldout_psnr_start: float  # EMA student vs teacher on held-out latents/poses, dB
     heldout_psnr_end: float
+    is_main: bool = True  # rank 0 (the process that wrote the run directory)
 
 
 def ema_beta(config: TrainConfig, batch_size: int, images_seen: int) -> float:
@@ -504,7 +505,7 @@ def train(
             if group.is_main:
                 logger.scalars(done, {"heldout/psnr_db": value})
                 logger.preview(done, teacher, ema, sampler)
-        if done % config.checkpoint_every == 0 or done in (end_step, config.steps):
+        if done % config.checkpoint_every == 0 or done == config.steps:
             if group.is_main:
                 save_run(
                     run_dir, done, config, student, ema, discriminator, optimizers, teacher_sha
@@ -515,7 +516,9 @@ def train(
     logger.close()
     final_step = max(start_step, end_step)
     psnr_end = evaluate(ema, heldout)
-    return TrainResult(run_dir, final_step, psnr_start, psnr_end)
+    if group.world_size > 1:
+        dist.destroy_process_group()
+    return TrainResult(run_dir, final_step, psnr_start, psnr_end, group.is_main)
 
 
 def discriminator_step(
