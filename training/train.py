@@ -364,6 +364,8 @@ def train(
     run_dir = Path(run_dir)
     config = prepare_run_dir(run_dir, config, resume, steps)
     group = init_process_group(config.device)
+    if group.world_size > 1:
+        dist.barrier()  # every process has checked the run directory before rank 0 writes to it
     if config.batch_size % group.world_size:
         raise ConfigError(
             f"batch size {config.batch_size} does not split over {group.world_size} processes"
@@ -421,8 +423,10 @@ def train(
     # 3. Resume or start.
     run_dir.mkdir(parents=True, exist_ok=True)
     start_step = 0
-    if resume:
+    if resume and (run_dir / STATE_DIR / PROGRESS_NAME).is_file():
         start_step = load_train_state(run_dir, student, ema, discriminator, optimizers)
+    elif resume:
+        log.warning("%s: killed before its first checkpoint; starting again from step 0", run_dir)
     elif group.is_main:
         (run_dir / RUN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     logger = RunLogger(run_dir, enabled=group.is_main)

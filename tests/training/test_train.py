@@ -106,9 +106,22 @@ def test_resume_reproduces_the_uninterrupted_run(teacher_dir, tmp_path):
     assert progress["step"] == 2
     result = train(None, tmp_path / "broken", resume=True, progress=False)
     assert result.step == 6
+    _assert_same_weights(tmp_path / "whole", tmp_path / "broken")
+
+
+def test_resume_before_the_first_checkpoint_starts_over(teacher_dir, tmp_path):
+    config = _config(teacher_dir, steps=3, checkpoint_every=10)
+    train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "broken", progress=False, stop_after=2)
+    assert not (tmp_path / "broken" / "train_state").exists()
+    assert train(None, tmp_path / "broken", resume=True, progress=False).step == 3
+    _assert_same_weights(tmp_path / "whole", tmp_path / "broken")
+
+
+def _assert_same_weights(run_a: Path, run_b: Path) -> None:
     for name in ("student", "ema"):
-        a = _weights(tmp_path / "whole" / "train_state" / f"{name}.safetensors")
-        b = _weights(tmp_path / "broken" / "train_state" / f"{name}.safetensors")
+        a = _weights(run_a / "train_state" / f"{name}.safetensors")
+        b = _weights(run_b / "train_state" / f"{name}.safetensors")
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}.{key} differs after resume"
