@@ -340,6 +340,73 @@ def cmd_cache(args: argparse.Namespace) -> None:
     print(f"wrote {args.count} teacher samples to {args.out}")
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a student to ONNX (FP32 and FP16), verified against PyTorch",
+        description="Compile a student for serving. Every graph is checked in ONNX Runtime "
+        "against PyTorch at several batch sizes and refused when it disagrees.",
+    )
+    targets = p.add_subparsers(dest="target", required=True, metavar="TARGET")
+    onnx_p = targets.add_parser(
+        "onnx",
+        help="student.onnx (w, c -> image, image_raw), mapping.onnx (z, psi -> w), student_fp16.onnx",
+    )
+    onnx_p.add_argument("--model", required=True, help="a student checkpoint folder")
+    onnx_p.add_argument("--out", required=True, type=Path, help="folder to write")
+    onnx_p.add_argument("--no-fp16", action="store_true", help="skip the FP16 graph")
+    onnx_p.add_argument("--no-raw", action="store_true", help="image output only")
+    onnx_p.add_argument("--atol", type=float, default=1e-3, help="FP32 tolerance vs PyTorch")
+    onnx_p.add_argument(
+        "--min-fp16-psnr", type=float, default=40.0, help="FP16 vs FP32 image PSNR floor, dB"
+    )
+    onnx_p.set_defaults(func=cmd_export_onnx)
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> None:
+    from .export.onnx import export_onnx
+    from .models.checkpoint import read_checkpoint_info
+    from .models.load import load_model
+    from .models.student import Student
+
+    model = load_model(args.model)
+    if not isinstance(model, Student):
+        raise ConfigError(
+            f"--model {args.model} is a {type(model).__name__}; export takes a student checkpoint "
+            "(the run directory's student/ folder)"
+        )
+    info = read_checkpoint_info(args.model)
+    source = {
+        "checkpoint": str(args.model),
+        "weights_sha256": info.weights_sha256,
+        "teacher_sha256": info.metadata.get("teacher_sha256", ""),
+    }
+    start = time.perf_counter()
+    metadata = export_onnx(
+        model,
+        args.out,
+        source,
+        with_raw=not args.no_raw,
+        fp16=not args.no_fp16,
+        atol=args.atol,
+        min_fp16_psnr_db=args.min_fp16_psnr,
+    )
+    elapsed = time.perf_counter() - start
+    for key, graph in metadata["graphs"].items():
+        check = graph["verification"]
+        worst = (
+            f"max |error| {max(check['max_abs_error'].values()):.2g}"
+            if "max_abs_error" in check
+            else f"min PSNR {min(v for v in check['psnr_db'].values() if v != 'inf'):.1f} dB"
+            if any(v != "inf" for v in check["psnr_db"].values())
+            else "identical"
+        )
+        print(
+            f"{args.out / graph['file']}: {key}, verified at batch {check.get('batch_sizes', [1, 2, 5])}, {worst}"
+        )
+    print(f"exported in {elapsed:.1f} s; metadata in {args.out / 'export.json'}")
+
+
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a model's architecture and rendering settings as JSON")
     p.add_argument("model", help="'default', a checkpoint folder or an EG3D .pkl")
@@ -380,14 +447,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_train(sub)
     _add_cache(sub)
+    _add_export(sub)
     return parser
+
+
+def _export_error() -> type[Exception]:
+    from .export.onnx import ExportError
+
+    return ExportError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as exc:
+    except (CheckpointError, ConfigError, ValueError, FileNotFoundError, _export_error()) as exc:
         print(f"distill3d {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,341 @@
+"""ONNX export of the student (w, c) -> image and of the teacher's z -> w mapping, verified.
+
+Choices (SERVING.md §0.2, §1.5):
+- torch's dynamo exporter at opset 18 (the lowest it builds; later opsets respell GridSample,
+  which TensorRT misreads), with a dynamic batch axis on every input and output;
+- the non-fused modulated convolution (a grouped conv would bake the batch into ``group``),
+  constant noise, FP32;
+- every graph is run in ONNX Runtime against PyTorch at several batch sizes before it is written;
+  a graph that disagrees is refused, not saved.
+
+Metadata travels in ``export.json`` beside the graphs and in each graph's ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..models.render import frontal_camera
+from ..models.student import Student
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+STUDENT_GRAPH = "student.onnx"
+MAPPING_GRAPH = "mapping.onnx"
+STUDENT_FP16_GRAPH = "student_fp16.onnx"
+METADATA_NAME = "export.json"
+VERIFY_BATCH_SIZES = (1, 2, 5)
+MAX_BATCH = 1024  # upper bound of the exported dynamic batch axis
+
+
+class ExportError(RuntimeError):
+    """An export that could not be produced or did not verify."""
+
+
+class StudentGraph(nn.Module):
+    """What the ONNX graph computes: (w [B, w_dim], c [B, 25]) -> image (and image_raw)."""
+
+    def __init__(self, student: Student, with_raw: bool) -> None:
+        super().__init__()
+        self.student = student
+        self.with_raw = with_raw
+
+    def forward(self, w: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.student.synthesis(w, c, noise_mode="const", fused_modconv=False)
+        return (out["image"], out["image_raw"]) if self.with_raw else (out["image"],)
+
+
+class MappingGraph(nn.Module):
+    """(z [B, z_dim], truncation_psi [B, 1]) -> w [B, w_dim], mapped with the frontal camera.
+
+    The frontal conditioning camera is a constant of the graph (as EG3D's sampling scripts use);
+    truncation is an input so one graph serves every psi.
+    """
+
+    def __init__(self, student: Student) -> None:
+        super().__init__()
+        self.mapping = student.teacher_mapping
+        rk = student.config.rendering
+        c = frontal_camera(student).to_label() * rk.c_scale
+        if rk.c_gen_conditioning_zero:
+            c = torch.zeros_like(c)
+        self.register_buffer("c_frontal", c)
+
+    def forward(self, z: torch.Tensor, truncation_psi: torch.Tensor) -> tuple[torch.Tensor]:
+        c = self.c_frontal.expand(z.shape[0], -1)
+        w = self.mapping(z, c)[:, 0]
+        w_avg = self.mapping.w_avg
+        return (w_avg + truncation_psi * (w - w_avg),)
+
+
+@dataclass
+class GraphSpec:
+    """Names and shapes of a graph's tensors ("batch" = the dynamic axis)."""
+
+    file: str
+    inputs: dict[str, list[int | str]]
+    outputs: dict[str, list[int | str]]
+    precision: str = "fp32"
+    sha256: str = ""
+    verification: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_bytes(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(
+            "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'distill3d[export]'"
+        ) from exc
+
+
+def _export(
+    module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, names: GraphSpec
+) -> None:
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    dynamic = {name: {0: batch} for name in names.inputs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=list(names.inputs),
+            output_names=list(names.outputs),
+            opset_version=OPSET,
+            dynamo=True,
+            dynamic_shapes=dynamic,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def verify_graph(
+    path: Path,
+    reference: Callable[..., Sequence[torch.Tensor]],
+    make_inputs: Callable[[int], dict[str, np.ndarray]],
+    batch_sizes: Sequence[int] = VERIFY_BATCH_SIZES,
+    atol: float = 1e-3,
+) -> dict[str, Any]:
+    """Run the graph in ONNX Runtime (CPU) and ``reference`` at each batch size.
+
+    Raises ``ExportError`` naming the batch size and output when the largest absolute difference
+    exceeds ``atol``; returns the measured differences otherwise.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    output_names = [o.name for o in session.get_outputs()]
+    report: dict[str, Any] = {"batch_sizes": list(batch_sizes), "atol": atol, "max_abs_error": {}}
+    for b in batch_sizes:
+        inputs = make_inputs(b)
+        got = session.run(None, inputs)
+        with torch.no_grad():
+            want = reference(*(torch.from_numpy(v) for v in inputs.values()))
+        for name, g, r in zip(output_names, got, want, strict=True):
+            r_np = r.detach().float().cpu().numpy()
+            if g.shape != r_np.shape:
+                raise ExportError(
+                    f"{path.name}: output {name} has shape {list(g.shape)} at batch {b}, "
+                    f"PyTorch gives {list(r_np.shape)}"
+                )
+            err = float(np.abs(g.astype(np.float32) - r_np).max())
+            key = f"{name}@{b}"
+            report["max_abs_error"][key] = err
+            if not np.isfinite(err) or err > atol:
+                raise ExportError(
+                    f"{path.name} disagrees with PyTorch: output {name} at batch {b} differs by "
+                    f"{err:.3g} (tolerance {atol:g}); the graph was not written"
+                )
+    return report
+
+
+def _inputs_maker(names: dict[str, int], seed: int) -> Callable[[int], dict[str, np.ndarray]]:
+    """Seeded random inputs per batch size; ``names`` maps input name -> feature size."""
+
+    def make(batch: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed + batch)
+        out = {}
+        for name, size in names.items():
+            if name == "truncation_psi":
+                out[name] = rng.uniform(0.5, 1.0, (batch, 1)).astype(np.float32)
+            else:
+                out[name] = rng.standard_normal((batch, size)).astype(np.float32)
+        return out
+
+    return make
+
+
+def _camera_inputs(student: Student, seed: int) -> Callable[[int], dict[str, np.ndarray]]:
+    """w around the teacher's w_avg and real orbit cameras, so verification sees real poses."""
+    from ..models.render import orbit_camera
+
+    def make(batch: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed + batch)
+        w = student.w_avg.cpu().numpy() + rng.standard_normal((batch, student.w_dim))
+        yaw = rng.uniform(-40, 40, batch).tolist()
+        pitch = rng.uniform(-15, 15, batch).tolist()
+        c = orbit_camera(student, yaw, pitch).to_label().numpy()
+        return {"w": w.astype(np.float32), "c": c.astype(np.float32)}
+
+    return make
+
+
+def _set_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    onnx.save(model, str(path))
+
+
+def export_onnx(
+    student: Student,
+    out_dir: str | os.PathLike[str],
+    source: dict[str, Any],
+    with_raw: bool = True,
+    fp16: bool = True,
+    batch_sizes: Sequence[int] = VERIFY_BATCH_SIZES,
+    atol: float = 1e-3,
+    min_fp16_psnr_db: float = 40.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write the verified student graph, the mapping graph and (``fp16``) the FP16 student.
+
+    ``source`` describes the checkpoint (path, weights hash, teacher hash) and is copied into
+    the metadata. The folder is assembled under a temporary name and moved into place only when
+    every graph verified. Returns the metadata written to ``export.json``.
+    """
+    _require_onnx()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not (out / METADATA_NAME).is_file():
+        raise ExportError(f"refusing to write into {out}: it is a non-empty folder of other files")
+    student = student.float().cpu().eval()
+    cfg = student.config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        graphs: dict[str, GraphSpec] = {}
+        res, nrr = cfg.img_resolution, cfg.neural_rendering_resolution
+
+        # 1. The student.
+        spec = GraphSpec(
+            STUDENT_GRAPH,
+            {"w": ["batch", student.w_dim], "c": ["batch", 25]},
+            {"image": ["batch", 3, res, res]},
+        )
+        if with_raw:
+            spec.outputs["image_raw"] = ["batch", 3, nrr, nrr]
+        graph = StudentGraph(student, with_raw).eval()
+        example = _camera_inputs(student, seed)(2)
+        _export(
+            graph, tuple(torch.from_numpy(v) for v in example.values()), tmp / STUDENT_GRAPH, spec
+        )
+        spec.verification = verify_graph(
+            tmp / STUDENT_GRAPH, graph, _camera_inputs(student, seed), batch_sizes, atol
+        )
+        graphs["student"] = spec
+
+        # 2. The teacher's z -> w mapping.
+        mspec = GraphSpec(
+            MAPPING_GRAPH,
+            {"z": ["batch", student.z_dim], "truncation_psi": ["batch", 1]},
+            {"w": ["batch", student.w_dim]},
+        )
+        mapping = MappingGraph(student).eval()
+        make_z = _inputs_maker({"z": student.z_dim, "truncation_psi": 1}, seed)
+        _export(
+            mapping,
+            tuple(torch.from_numpy(v) for v in make_z(2).values()),
+            tmp / MAPPING_GRAPH,
+            mspec,
+        )
+        mspec.verification = verify_graph(tmp / MAPPING_GRAPH, mapping, make_z, batch_sizes, atol)
+        graphs["mapping"] = mspec
+
+        # 3. FP16 student with FP32 inputs and outputs, checked against the FP32 graph.
+        if fp16:
+            from .fp16 import convert_to_fp16, verify_fp16
+
+            convert_to_fp16(tmp / STUDENT_GRAPH, tmp / STUDENT_FP16_GRAPH)
+            hspec = GraphSpec(STUDENT_FP16_GRAPH, dict(spec.inputs), dict(spec.outputs), "fp16")
+            hspec.verification = verify_fp16(
+                tmp / STUDENT_GRAPH,
+                tmp / STUDENT_FP16_GRAPH,
+                _camera_inputs(student, seed + 100),
+                batch_sizes,
+                min_fp16_psnr_db,
+            )
+            graphs["student_fp16"] = hspec
+
+        metadata = {
+            "format": "distill3d-export",
+            "format_version": 1,
+            "distill3d_version": __version__,
+            "torch_version": torch.__version__,
+            "opset": OPSET,
+            "source": source,
+            "img_resolution": res,
+            "neural_rendering_resolution": nrr,
+            "camera": camera_convention(student),
+            "graphs": {},
+        }
+        for key, g in graphs.items():
+            _set_metadata(
+                tmp / g.file,
+                {"distill3d_source_sha256": str(source.get("weights_sha256", "")), "graph": key,
+                 "camera_convention": metadata["camera"]},
+            )  # fmt: skip
+            g.sha256 = sha256_bytes(tmp / g.file)
+            metadata["graphs"][key] = asdict(g)
+        (tmp / METADATA_NAME).write_text(json.dumps(metadata, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return metadata
+
+
+def camera_convention(student: Student) -> dict[str, Any]:
+    """What a caller needs to build the 25-number camera input."""
+    rk = student.config.rendering
+    return {
+        "label": "16 cam2world (row-major, OpenCV: x right, y down, z forward) + 9 normalised intrinsics",
+        "radius": rk.avg_camera_radius,
+        "pivot": list(rk.avg_camera_pivot),
+        "focal_length": rk.focal_length,
+        "conditioning": "frontal camera (EG3D's sampling convention), baked into mapping.onnx",
+        "image_range": [-1.0, 1.0],
+    }
