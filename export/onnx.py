@@ -71,14 +71,11 @@ class MappingGraph(nn.Module):
     def __init__(self, student: Student) -> None:
         super().__init__()
         self.mapping = student.teacher_mapping
-        rk = student.config.rendering
-        c = frontal_camera(student).to_label() * rk.c_scale
-        if rk.c_gen_conditioning_zero:
-            c = torch.zeros_like(c)
+        c = student.config.rendering.mapping_condition(frontal_camera(student).to_label())
         self.register_buffer("c_frontal", c)
 
     def forward(self, z: torch.Tensor, truncation_psi: torch.Tensor) -> tuple[torch.Tensor]:
-        c = self.c_frontal.expand(z.shape[0], -1)
+        c = self.c_frontal.expand(z.shape[0], -1)  # already zeroed/scaled for the mapping
         w = self.mapping(z, c)[:, 0]
         w_avg = self.mapping.w_avg
         return (w_avg + truncation_psi * (w - w_avg),)

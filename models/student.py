@@ -173,10 +173,8 @@ class Student(nn.Module):
 
         Same result as the teacher's ``mapping`` (including truncation towards its w_avg).
         """
-        rk = self.config.teacher.rendering
-        if rk.c_gen_conditioning_zero:
-            c = torch.zeros_like(c)
-        return self.teacher_mapping(z, c * rk.c_scale, truncation_psi, truncation_cutoff)
+        c = self.config.rendering.mapping_condition(c)
+        return self.teacher_mapping(z, c, truncation_psi, truncation_cutoff)
 
     @property
     def w_avg(self) -> torch.Tensor:

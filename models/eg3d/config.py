@@ -67,6 +67,10 @@ class RenderingConfig:
         if len(self.avg_camera_pivot) != 3:
             raise ConfigError(f"avg_camera_pivot needs 3 numbers, got {self.avg_camera_pivot}")
 
+    def mapping_condition(self, c: Any) -> Any:
+        """The camera label as the mapping network sees it: zeroed (ShapeNet) or scaled."""
+        return c.new_zeros(c.shape) if self.c_gen_conditioning_zero else c * self.c_scale
+
 
 @dataclass(frozen=True)
 class SuperResolutionConfig:

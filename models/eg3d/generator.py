@@ -74,11 +74,8 @@ class TriPlaneGenerator(nn.Module):
         truncation_cutoff: int | None = None,
     ) -> torch.Tensor:
         """z [N, z_dim] and the conditioning camera c [N, 25] -> ws [N, num_ws, w_dim]."""
-        if self.config.rendering.c_gen_conditioning_zero:
-            c = torch.zeros_like(c)
-        return self.backbone.mapping(
-            z, c * self.config.rendering.c_scale, truncation_psi, truncation_cutoff
-        )
+        c = self.config.rendering.mapping_condition(c)
+        return self.backbone.mapping(z, c, truncation_psi, truncation_cutoff)
 
     def synthesize_planes(
         self,
