@@ -7,13 +7,26 @@ still pass and receive FP32) and check it against the FP32 graph by the PSNR of 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .onnx import ExportError
+from .onnx import (
+    STUDENT_FP16_GRAPH,
+    VERIFY_BATCH_SIZES,
+    ExportError,
+    GraphSpec,
+    _set_metadata,
+    graph_path,
+    graph_properties,
+    read_export,
+    sample_inputs,
+    sha256_bytes,
+    write_metadata,
+)
 
 
 def _separate_consumed_outputs(model: Any) -> None:
@@ -80,13 +93,54 @@ def verify_fp16(
         inputs = make_inputs(b)
         for name, a, h in zip(names, s32.run(None, inputs), s16.run(None, inputs), strict=True):
             if h.dtype != np.float32:
-                raise ExportError(f"{fp16_path.name}: output {name} is {h.dtype}, expected float32")
+                raise ExportError(f"the FP16 graph gives {name} as {h.dtype}, expected float32")
             value = psnr_db(a, h)
             report["psnr_db"][f"{name}@{b}"] = round(value, 2) if np.isfinite(value) else "inf"
             if not value >= min_psnr_db:
                 raise ExportError(
-                    f"{fp16_path.name}: output {name} at batch {b} is {value:.1f} dB from the FP32 "
+                    f"the FP16 graph's {name} at batch {b} is {value:.1f} dB from the FP32 "
                     f"graph (needs >= {min_psnr_db} dB); the FP16 graph was not written. Keep the "
                     "sensitive layers in FP32 or serve the FP32 graph"
                 )
     return report
+
+
+def add_fp16_graph(
+    folder: str | os.PathLike[str],
+    min_psnr_db: float = 40.0,
+    batch_sizes: Sequence[int] = VERIFY_BATCH_SIZES,
+    seed: int = 100,
+) -> dict[str, Any]:
+    """Cast an export folder's ``student.onnx`` to ``student_fp16.onnx`` and record it.
+
+    The new graph is written under a temporary name and checked against the FP32 graph first;
+    one below ``min_psnr_db`` is deleted and the folder is left as it was. Returns the updated
+    ``export.json`` contents.
+    """
+    from dataclasses import asdict
+
+    folder = Path(folder)
+    metadata = read_export(folder)
+    fp32 = graph_path(folder, metadata, "student")
+    tmp = folder / f".{STUDENT_FP16_GRAPH}.tmp"
+    try:
+        convert_to_fp16(fp32, tmp)
+        verification = verify_fp16(
+            fp32, tmp, sample_inputs(folder, metadata, seed), batch_sizes, min_psnr_db
+        )
+        _set_metadata(tmp, graph_properties(metadata, "student_fp16"))
+        student = metadata["graphs"]["student"]
+        spec = GraphSpec(
+            STUDENT_FP16_GRAPH,
+            dict(student["inputs"]),
+            dict(student["outputs"]),
+            precision="fp16",
+            sha256=sha256_bytes(tmp),
+            verification=verification,
+        )
+        os.replace(tmp, folder / STUDENT_FP16_GRAPH)
+    finally:
+        tmp.unlink(missing_ok=True)
+    metadata["graphs"]["student_fp16"] = asdict(spec)
+    write_metadata(folder, metadata)
+    return metadata

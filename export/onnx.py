@@ -280,27 +280,13 @@ def export_onnx(
         mspec.verification = verify_graph(tmp / MAPPING_GRAPH, mapping, make_z, batch_sizes, atol)
         graphs["mapping"] = mspec
 
-        # 3. FP16 student with FP32 inputs and outputs, checked against the FP32 graph.
-        if fp16:
-            from .fp16 import convert_to_fp16, verify_fp16
-
-            convert_to_fp16(tmp / STUDENT_GRAPH, tmp / STUDENT_FP16_GRAPH)
-            hspec = GraphSpec(STUDENT_FP16_GRAPH, dict(spec.inputs), dict(spec.outputs), "fp16")
-            hspec.verification = verify_fp16(
-                tmp / STUDENT_GRAPH,
-                tmp / STUDENT_FP16_GRAPH,
-                _camera_inputs(student, seed + 100),
-                batch_sizes,
-                min_fp16_psnr_db,
-            )
-            graphs["student_fp16"] = hspec
-
         metadata = {
             "format": "distill3d-export",
             "format_version": 1,
             "distill3d_version": __version__,
             "torch_version": torch.__version__,
             "opset": OPSET,
+            "max_batch": MAX_BATCH,
             "source": source,
             "img_resolution": res,
             "neural_rendering_resolution": nrr,
@@ -308,14 +294,16 @@ def export_onnx(
             "graphs": {},
         }
         for key, g in graphs.items():
-            _set_metadata(
-                tmp / g.file,
-                {"distill3d_source_sha256": str(source.get("weights_sha256", "")), "graph": key,
-                 "camera_convention": metadata["camera"]},
-            )  # fmt: skip
+            _set_metadata(tmp / g.file, graph_properties(metadata, key))
             g.sha256 = sha256_bytes(tmp / g.file)
             metadata["graphs"][key] = asdict(g)
-        (tmp / METADATA_NAME).write_text(json.dumps(metadata, indent=2) + "\n")
+        write_metadata(tmp, metadata)
+
+        # 3. FP16 student with FP32 inputs and outputs, checked against the FP32 graph.
+        if fp16:
+            from .fp16 import add_fp16_graph
+
+            metadata = add_fp16_graph(tmp, min_fp16_psnr_db, batch_sizes, seed + 100)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -323,6 +311,94 @@ def export_onnx(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return metadata
+
+
+def graph_properties(metadata: dict[str, Any], key: str) -> dict[str, Any]:
+    """What each graph file carries in its own ``metadata_props``, so it is traceable alone."""
+    return {
+        "distill3d_source_sha256": str(metadata["source"].get("weights_sha256", "")),
+        "graph": key,
+        "camera_convention": metadata["camera"],
+    }
+
+
+def write_metadata(folder: Path, metadata: dict[str, Any]) -> None:
+    """Replace ``export.json`` atomically (a reader never sees half a file)."""
+    tmp = folder / f".{METADATA_NAME}.tmp"
+    tmp.write_text(json.dumps(metadata, indent=2) + "\n")
+    os.replace(tmp, folder / METADATA_NAME)
+
+
+def read_export(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """``export.json`` of an export folder, with a clear error for anything else."""
+    path = Path(folder) / METADATA_NAME
+    if not path.is_file():
+        raise ExportError(
+            f"{folder} is not an export folder (no {METADATA_NAME}); create one with "
+            "distill3d export onnx --model STUDENT --out DIR"
+        )
+    try:
+        metadata = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(
+            f"{path} is not valid JSON ({exc}); re-run distill3d export onnx"
+        ) from exc
+    if metadata.get("format") != "distill3d-export":
+        raise ExportError(f"{path} is not a distill3d export description")
+    return metadata
+
+
+def graph_path(folder: str | os.PathLike[str], metadata: dict[str, Any], key: str) -> Path:
+    """The file of graph ``key``, checked against the hash recorded when it was exported."""
+    graphs = metadata.get("graphs", {})
+    if key not in graphs:
+        hint = (
+            "run distill3d export fp16 --onnx DIR"
+            if key == "student_fp16"
+            else "re-run distill3d export onnx"
+        )
+        raise ExportError(f"{folder} has no {key} graph (it has {sorted(graphs)}); {hint}")
+    path = Path(folder) / graphs[key]["file"]
+    if not path.is_file():
+        raise ExportError(f"{path} is missing; re-run distill3d export onnx")
+    if sha256_bytes(path) != graphs[key]["sha256"]:
+        raise ExportError(
+            f"{path} does not match the hash in {METADATA_NAME} (changed after export); "
+            "re-run distill3d export onnx"
+        )
+    return path
+
+
+def sample_inputs(
+    folder: str | os.PathLike[str], metadata: dict[str, Any], seed: int = 0
+) -> Callable[[int], dict[str, np.ndarray]]:
+    """Realistic student inputs from an export folder alone: w from ``mapping.onnx`` (random z,
+    psi 0.7) and orbit cameras within +-40 deg yaw, +-15 deg pitch in the export's convention.
+
+    Verification of derived artefacts (FP16 graphs, TensorRT plans) uses these, so it sees the
+    inputs a service will send rather than arbitrary numbers.
+    """
+    import onnxruntime as ort
+
+    from ..models.camera import Camera
+
+    session = ort.InferenceSession(
+        str(graph_path(folder, metadata, "mapping")), providers=["CPUExecutionProvider"]
+    )
+    z_dim = int(metadata["graphs"]["mapping"]["inputs"]["z"][1])
+    cam = metadata["camera"]
+
+    def make(batch: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed + batch)
+        z = rng.standard_normal((batch, z_dim)).astype(np.float32)
+        psi = np.full((batch, 1), 0.7, np.float32)
+        (w,) = session.run(None, {"z": z, "truncation_psi": psi})
+        yaw = rng.uniform(-40, 40, batch).tolist()
+        pitch = rng.uniform(-15, 15, batch).tolist()
+        c = Camera.orbit(yaw, pitch, cam["radius"], cam["pivot"], cam["focal_length"]).to_label()
+        return {"w": w.astype(np.float32), "c": c.numpy().astype(np.float32)}
+
+    return make
 
 
 def camera_convention(student: Student) -> dict[str, Any]:
