@@ -517,6 +517,70 @@ def cmd_export_triton(args: argparse.Namespace) -> None:
     print(f"serve with: tritonserver --model-repository={args.out.resolve()}")
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP service (render, orbit, metrics); the embedded model on CPU by default",
+        description="Serve /render, /orbit, /v1/models, /metrics, /healthz, /readyz and /docs. "
+        "Settings come from DISTILL3D_* environment variables, then --config FILE (YAML/JSON), "
+        "then these flags. The API key is read from DISTILL3D_API_KEY or the file only.",
+    )
+    p.add_argument("--config", type=Path, help="settings file (YAML or JSON)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 in containers)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--teacher", help="'default', a checkpoint folder, an EG3D .pkl, or 'none'")
+    p.add_argument("--student", help="a student checkpoint folder")
+    p.add_argument("--onnx-dir", type=Path, help="an export folder (ONNX Runtime backend)")
+    p.add_argument("--plan-dir", type=Path, help="a TensorRT plan folder")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument(
+        "--student-backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default=None
+    )
+    p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--max-wait-ms", type=float)
+    p.add_argument("--queue-size", type=int)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from .service.app import create_app
+    from .service.settings import load_settings
+
+    try:
+        settings = load_settings(
+            args.config,
+            host=args.host,
+            port=args.port,
+            teacher=args.teacher,
+            student=args.student,
+            onnx_dir=args.onnx_dir,
+            plan_dir=args.plan_dir,
+            device=args.device,
+            student_backend=args.student_backend,
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            queue_size=args.queue_size,
+        )
+        settings.resolved_device()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from None
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    # One worker: it owns the models and the batching queue (several would split the queue).
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a model's architecture and rendering settings as JSON")
     p.add_argument("model", help="'default', a checkpoint folder or an EG3D .pkl")
@@ -558,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_cache(sub)
     _add_export(sub)
+    _add_serve(sub)
     return parser
 
 

@@ -185,6 +185,21 @@ class Camera:
         intrinsics = intrinsics_matrix(focal).expand(origin.shape[0], 3, 3).clone()
         return cls(cam2world, intrinsics)
 
+    def orbit_angles(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(yaw_deg, pitch_deg, radius) of each camera's position, the inverse of ``orbit``'s
+        placement (its look-at target is not checked); [N] each."""
+        x, y, z = self.origin.unbind(-1)
+        radius = self.origin.norm(dim=-1)
+        pitch = 90.0 - torch.rad2deg(torch.arccos((y / radius).clamp(-1, 1)))
+        theta = math.pi - torch.atan2(z, x)
+        yaw = torch.rad2deg(theta) - 90.0
+        yaw = (yaw + 180.0) % 360.0 - 180.0
+        return yaw, pitch, radius
+
+    def fov_deg(self) -> torch.Tensor:
+        """Horizontal field of view of each camera, degrees (pinhole model)."""
+        return torch.rad2deg(2 * torch.atan(0.5 / self.intrinsics[:, 0, 0]))
+
     def project(self, points: torch.Tensor) -> torch.Tensor:
         """World points [N, P, 3] -> normalised image coordinates [N, P, 2] (u right, v down, in [0, 1]
         across the image) and depth along the camera's z axis as a third column."""

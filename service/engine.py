@@ -1,0 +1,261 @@
+"""Dynamic batching: one bounded queue and one worker per backend.
+
+Requests put images (``RenderItem``) on the queue. The worker takes the oldest, waits at most
+``max_wait_s`` from its arrival for more (up to ``max_batch``), and runs the batch in a dedicated
+thread, so the event loop keeps serving while a model runs. A full queue refuses new work
+(``QueueFull``, answered 429 with Retry-After) instead of growing memory; an image still queued
+past its deadline is dropped (``DeadlineExceeded``, 504); a client that goes away has its images
+removed from the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends import Backend, Mapper
+from .metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+DISCONNECT_POLL_S = 0.1
+
+
+class QueueFull(Exception):
+    def __init__(self, backend: str, retry_after_s: int) -> None:
+        super().__init__(f"the {backend} queue is full; retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+class BackendFailed(Exception):
+    """The backend raised while rendering a batch; every image of the batch gets this."""
+
+
+@dataclass
+class RenderItem:
+    """One image to render: a latent (z to map, or w), truncation, and two cameras."""
+
+    c: np.ndarray  # target camera [25]
+    c_cond: np.ndarray  # conditioning camera of the mapping [25]
+    psi: float
+    z: np.ndarray | None = None
+    w: np.ndarray | None = None
+
+
+@dataclass
+class RenderResult:
+    image: np.ndarray  # uint8 [H, W, 3]
+    backend: str
+    batch_size: int
+    model_s: float  # the batch's model time
+    queue_s: float  # this image's wait before its batch started
+
+
+@dataclass
+class _Job:
+    item: RenderItem
+    future: asyncio.Future[RenderResult]
+    enqueued: float
+    deadline: float
+    started: float = field(default=0.0)
+
+
+class Batcher:
+    def __init__(
+        self,
+        backend: Backend,
+        mapper: Mapper,
+        max_batch: int,
+        max_wait_s: float,
+        capacity: int,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.backend = backend
+        self.mapper = mapper
+        self.max_batch = max(1, min(max_batch, backend.max_batch))
+        self.max_wait_s = max_wait_s
+        self.capacity = capacity
+        self.metrics = metrics
+        self._pending: deque[_Job] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"render-{backend.name}")
+        self._task: asyncio.Task[None] | None = None
+        self._last_batch_s = 1.0
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.backend.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for job in self._pending:
+            if not job.future.done():
+                job.future.set_exception(DeadlineExceeded("the service is shutting down"))
+        self._pending.clear()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def render_now(self, items: list[RenderItem]) -> np.ndarray:
+        """Render synchronously in the calling thread (warm-up and timing, before serving)."""
+        return self._render(items)
+
+    def _retry_after(self) -> int:
+        batches = math.ceil((self.depth + 1) / self.max_batch)
+        return max(1, math.ceil(batches * self._last_batch_s))
+
+    def _set_depth(self) -> None:
+        self.metrics.queue_depth.labels(self.backend.name).set(len(self._pending))
+
+    async def submit(
+        self,
+        items: list[RenderItem],
+        timeout_s: float,
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> list[RenderResult]:
+        """Queue ``items`` and wait for their images (in order)."""
+        if len(items) > self.capacity:
+            raise QueueFull(self.backend.name, self._retry_after())
+        if len(self._pending) + len(items) > self.capacity:
+            self.metrics.rejected.labels(self.backend.name, "queue_full").inc()
+            raise QueueFull(self.backend.name, self._retry_after())
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        jobs = [_Job(item, loop.create_future(), now, now + timeout_s) for item in items]
+        self._pending.extend(jobs)
+        self._set_depth()
+        self._arrived.set()
+        gathered = asyncio.gather(*(j.future for j in jobs))
+        try:
+            while True:
+                remaining = jobs[0].deadline - loop.time()
+                if remaining <= 0:
+                    raise DeadlineExceeded(f"no result within {timeout_s:g} s")
+                done, _ = await asyncio.wait({gathered}, timeout=min(remaining, DISCONNECT_POLL_S))
+                if done:
+                    return gathered.result()
+                if is_disconnected is not None and await is_disconnected():
+                    raise ClientDisconnected()
+        except BaseException as exc:
+            reasons = {DeadlineExceeded: "deadline", ClientDisconnected: "disconnected"}
+            if type(exc) in reasons:
+                self.metrics.rejected.labels(self.backend.name, reasons[type(exc)]).inc()
+            for job in jobs:
+                if not job.future.done():
+                    job.future.cancel()
+            self._pending = deque(j for j in self._pending if not j.future.done())
+            self._set_depth()
+            gathered.cancel()
+            gathered.add_done_callback(_consume)
+            raise
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._next_batch_ready(loop)
+                batch = self._take_batch(loop)
+                if batch:
+                    await self._run_batch(loop, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the worker must outlive any one batch
+                log.exception("batch worker for %s", self.backend.name)
+
+    async def _next_batch_ready(self, loop: asyncio.AbstractEventLoop) -> None:
+        while not self._pending:
+            self._arrived.clear()
+            await self._arrived.wait()
+        flush_at = self._pending[0].enqueued + self.max_wait_s
+        while len(self._pending) < self.max_batch:
+            remaining = flush_at - loop.time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Job]:
+        now = loop.time()
+        batch: list[_Job] = []
+        while self._pending and len(batch) < self.max_batch:
+            job = self._pending.popleft()
+            if job.future.done():
+                continue
+            if now > job.deadline:
+                job.future.set_exception(DeadlineExceeded("waited past its deadline in the queue"))
+                continue
+            job.started = now
+            batch.append(job)
+        self._set_depth()
+        return batch
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
+        name = self.backend.name
+        for job in batch:
+            self.metrics.queue_wait.labels(name).observe(job.started - job.enqueued)
+        self.metrics.batch_size.labels(name).observe(len(batch))
+        start = time.perf_counter()
+        try:
+            images = await loop.run_in_executor(
+                self._executor, self._render, [j.item for j in batch]
+            )
+        except Exception as exc:
+            log.warning("%s failed on a batch of %d: %s", name, len(batch), exc)
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(BackendFailed(f"{type(exc).__name__}: {exc}"))
+            return
+        seconds = time.perf_counter() - start
+        self._last_batch_s = seconds
+        self.metrics.model_time.labels(name).observe(seconds)
+        for job, image in zip(batch, images, strict=True):
+            if not job.future.done():
+                job.future.set_result(
+                    RenderResult(image, name, len(batch), seconds, job.started - job.enqueued)
+                )
+
+    def _render(self, items: list[RenderItem]) -> np.ndarray:
+        """Runs in the worker thread: map the z's, truncate, render."""
+        w = np.zeros((len(items), self.mapper.w_dim), np.float32)
+        needs_mapping = [i for i, item in enumerate(items) if item.z is not None]
+        if needs_mapping:
+            z = np.stack([items[i].z for i in needs_mapping]).astype(np.float32)
+            c_cond = np.stack([items[i].c_cond for i in needs_mapping]).astype(np.float32)
+            w[needs_mapping] = self.mapper.map(z, c_cond)
+        for i, item in enumerate(items):
+            if item.w is not None:
+                w[i] = item.w
+        psi = np.array([item.psi for item in items], np.float32)
+        w = self.mapper.truncate(w, psi)
+        c = np.stack([item.c for item in items]).astype(np.float32)
+        return self.backend.render(w, c)
+
+
+def _consume(future: asyncio.Future[object]) -> None:
+    """Retrieve a cancelled gather's outcome so asyncio does not log it as unhandled."""
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,329 @@
+"""Loading what the service serves: the teacher, the student in each available backend, the
+latent mapping, each model's declared pose range, and what /v1/models reports about them."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..models.camera import Camera, focal_from_fov
+from ..models.eg3d.generator import TriPlaneGenerator
+from ..models.errors import ConfigError
+from ..models.student import Student
+from .backends import (
+    Backend,
+    LatentMapper,
+    Mapper,
+    OnnxMapper,
+    OnnxStudent,
+    TensorRTStudent,
+    TorchStudent,
+    Volumetric,
+    time_backend,
+)
+from .settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+# Declared when a checkpoint does not say: the student is trusted within 1.5x the default
+# training distribution's limits (what the held-out evaluation covers), the teacher to profile.
+DEFAULT_STUDENT_RANGE = {"yaw_deg": 75.0, "pitch_deg": 30.0}
+DEFAULT_TEACHER_RANGE = {"yaw_deg": 90.0, "pitch_deg": 45.0}
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """The camera conventions a model was trained with."""
+
+    radius: float
+    pivot: tuple[float, float, float]
+    focal: float
+
+    @property
+    def fov_deg(self) -> float:
+        return float(Camera.orbit(0.0, 0.0, self.radius, self.pivot, self.focal).fov_deg()[0])
+
+    def orbit(self, yaw: float, pitch: float, radius: float | None, fov: float | None) -> Camera:
+        focal = focal_from_fov(fov) if fov is not None else self.focal
+        return Camera.orbit(yaw, pitch, radius or self.radius, self.pivot, focal)
+
+    def frontal(self) -> Camera:
+        return Camera.frontal(self.radius, self.pivot, self.focal)
+
+
+@dataclass(frozen=True)
+class PoseRange:
+    """Poses a model is declared valid for: |yaw|, |pitch| bounds and radius / fov intervals."""
+
+    yaw_deg: float
+    pitch_deg: float
+    radius: tuple[float, float]
+    fov_deg: tuple[float, float]
+
+    @classmethod
+    def around(cls, limits: dict[str, float], camera: CameraModel) -> PoseRange:
+        return cls(
+            float(limits["yaw_deg"]),
+            float(limits["pitch_deg"]),
+            (round(camera.radius * 0.9, 4), round(camera.radius * 1.1, 4)),
+            (round(camera.fov_deg * 0.75, 3), round(camera.fov_deg * 1.33, 3)),
+        )
+
+    def violations(self, camera: Camera) -> list[tuple[str, str]]:
+        """(field, message) for every way ``camera`` falls outside this range."""
+        yaw, pitch, radius = (float(v[0]) for v in camera.orbit_angles())
+        fov = float(camera.fov_deg()[0])
+        out = []
+        if abs(yaw) > self.yaw_deg + 1e-4:
+            out.append(("yaw", f"yaw {yaw:.1f} is outside [-{self.yaw_deg:g}, {self.yaw_deg:g}]"))
+        if abs(pitch) > self.pitch_deg + 1e-4:
+            out.append(
+                ("pitch", f"pitch {pitch:.1f} is outside [-{self.pitch_deg:g}, {self.pitch_deg:g}]")
+            )
+        lo, hi = self.radius
+        if not lo - 1e-4 <= radius <= hi + 1e-4:
+            out.append(("radius", f"radius {radius:.3f} is outside [{lo:g}, {hi:g}]"))
+        lo, hi = self.fov_deg
+        if not lo - 1e-3 <= fov <= hi + 1e-3:
+            out.append(("fov_deg", f"fov_deg {fov:.2f} is outside [{lo:g}, {hi:g}]"))
+        return out
+
+
+@dataclass
+class ModelInfo:
+    """One loaded model as /v1/models reports it."""
+
+    role: str  # student | volumetric
+    backend: str
+    device: str
+    precision: str
+    img_resolution: int
+    source: str
+    sha256: str
+    pose_range: PoseRange
+    max_batch_size: int
+    warmup_s_per_image: float | None = None
+    candidates: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModels:
+    mapper: Mapper
+    camera: CameraModel
+    z_dim: int
+    w_dim: int
+    student: tuple[Backend, ModelInfo] | None = None
+    volumetric: tuple[Backend, ModelInfo] | None = None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_torch(spec: str, device: str) -> tuple[Any, str, dict[str, Any]]:
+    """(model, weights hash, checkpoint metadata) of 'default', a checkpoint folder or a .pkl."""
+    from ..models.checkpoint import read_checkpoint_info
+    from ..models.load import DEFAULT_MODEL, load_model
+
+    model = load_model(spec, device=device)
+    if spec == DEFAULT_MODEL:
+        return model, "embedded:default", {}
+    path = Path(spec)
+    if path.is_dir():
+        info = read_checkpoint_info(path)
+        return model, info.weights_sha256, dict(info.metadata)
+    return model, _file_sha256(path), {}
+
+
+def _camera_of(config: Any) -> CameraModel:
+    rk = config.rendering
+    return CameraModel(rk.avg_camera_radius, tuple(rk.avg_camera_pivot), rk.focal_length)
+
+
+def load_models(settings: ServiceSettings, device: str) -> LoadedModels:
+    """Load the configured models, time the student's backends, keep the fastest (``auto``)."""
+    teacher = student_torch = None
+    teacher_sha = student_sha = ""
+    student_meta: dict[str, Any] = {}
+    if settings.teacher is not None:
+        teacher, teacher_sha, _ = _load_torch(settings.teacher, device)
+        if not isinstance(teacher, TriPlaneGenerator):
+            raise ConfigError(
+                f"teacher {settings.teacher} is a {type(teacher).__name__}, not a volumetric "
+                "EG3D generator; pass the student as DISTILL3D_STUDENT"
+            )
+    if settings.student is not None:
+        student_torch, student_sha, student_meta = _load_torch(settings.student, device)
+        if not isinstance(student_torch, Student):
+            raise ConfigError(
+                f"student {settings.student} is a {type(student_torch).__name__}; "
+                "DISTILL3D_STUDENT takes a student checkpoint (a run's student/ folder)"
+            )
+
+    export = None
+    if settings.onnx_dir is not None:
+        from ..export.onnx import read_export
+
+        export = read_export(settings.onnx_dir)
+
+    torch_model = teacher if teacher is not None else student_torch
+    if torch_model is not None:
+        mapper: Mapper = LatentMapper(torch_model, device)
+        camera = _camera_of(torch_model.config)
+    else:
+        assert settings.onnx_dir is not None and export is not None
+        mapper = OnnxMapper(settings.onnx_dir)
+        cam = export["camera"]
+        camera = CameraModel(cam["radius"], tuple(cam["pivot"]), cam["focal_length"])
+    loaded = LoadedModels(mapper, camera, mapper.z_dim, mapper.w_dim)
+
+    if teacher is not None:
+        backend = Volumetric(teacher, device, max_batch=settings.teacher_max_batch_size)
+        info = ModelInfo(
+            "volumetric",
+            "volumetric",
+            device,
+            "fp32",
+            teacher.config.img_resolution,
+            str(settings.teacher),
+            teacher_sha,
+            PoseRange.around(DEFAULT_TEACHER_RANGE, camera),
+            backend.max_batch,
+        )
+        loaded.volumetric = (backend, info)
+
+    candidates = _student_candidates(settings, device, student_torch)
+    if candidates:
+        loaded.student = _pick_student(
+            candidates, settings, device, camera, student_meta, export, student_sha
+        )
+        if teacher is not None:
+            _check_pair(loaded, student_meta, export, teacher_sha)
+    return loaded
+
+
+def _student_candidates(
+    settings: ServiceSettings, device: str, student: Student | None
+) -> dict[str, Backend | str]:
+    """Each configured student backend, or the reason it cannot load."""
+    wanted = settings.student_backend
+    out: dict[str, Backend | str] = {}
+    if student is not None and wanted in ("auto", "torch"):
+        out["torch"] = TorchStudent(student, device, max_batch=settings.max_batch_size)
+    if settings.onnx_dir is not None and wanted in ("auto", "onnxruntime"):
+        try:
+            out["onnxruntime"] = OnnxStudent(settings.onnx_dir, device, settings.max_batch_size)
+        except Exception as exc:
+            out["onnxruntime"] = f"unavailable: {exc}"
+    if settings.plan_dir is not None and wanted in ("auto", "tensorrt"):
+        try:
+            assert settings.onnx_dir is not None
+            out["tensorrt"] = TensorRTStudent(settings.plan_dir, settings.onnx_dir, device)
+        except Exception as exc:
+            out["tensorrt"] = f"unavailable: {exc}"
+    if wanted != "auto":
+        chosen = out.get(wanted)
+        if chosen is None:
+            raise ConfigError(
+                f"student_backend={wanted} but nothing for it is configured "
+                "(torch: DISTILL3D_STUDENT; onnxruntime: DISTILL3D_ONNX_DIR; tensorrt: "
+                "DISTILL3D_PLAN_DIR and DISTILL3D_ONNX_DIR)"
+            )
+        if isinstance(chosen, str):
+            raise ConfigError(f"student_backend={wanted}: {chosen}")
+    return out
+
+
+def _pick_student(
+    candidates: dict[str, Backend | str],
+    settings: ServiceSettings,
+    device: str,
+    camera: CameraModel,
+    student_meta: dict[str, Any],
+    export: dict[str, Any] | None,
+    student_sha: str,
+) -> tuple[Backend, ModelInfo]:
+    usable = {k: v for k, v in candidates.items() if not isinstance(v, str)}
+    report: dict[str, Any] = {k: v for k, v in candidates.items() if isinstance(v, str)}
+    if not usable:
+        raise ConfigError("no student backend could load: " + "; ".join(report.values()))
+    timings: dict[str, float] = {}
+    if len(usable) > 1:
+        # Time each at batch 1 on the frontal camera; keep the fastest.
+        probe_c = camera.frontal().to_label().numpy().astype(np.float32)
+        for name, backend in usable.items():
+            probe_w = np.zeros((1, _w_dim(backend)), np.float32)
+            try:
+                timings[name] = time_backend(backend, probe_w, probe_c)
+                report[name] = f"{timings[name] * 1000:.1f} ms per image at batch 1"
+            except Exception as exc:
+                report[name] = f"failed its warm-up: {exc}"
+        if not timings:
+            raise ConfigError(f"every student backend failed its warm-up: {report}")
+        name = min(timings, key=timings.__getitem__)
+    else:
+        name = next(iter(usable))
+    backend = usable[name]
+    limits = student_meta.get("pose_range") or (
+        (export or {}).get("source", {}).get("pose_range") or DEFAULT_STUDENT_RANGE
+    )
+    source = settings.student or str(settings.onnx_dir)
+    sha = student_sha or (export or {}).get("source", {}).get("weights_sha256", "")
+    resolution = (
+        backend.student.config.img_resolution
+        if isinstance(backend, TorchStudent)
+        else int((export or {})["img_resolution"])
+    )
+    info = ModelInfo(
+        "student",
+        name,
+        device,
+        backend.precision,
+        resolution,
+        source,
+        sha,
+        PoseRange.around(limits, camera),
+        backend.max_batch,
+        warmup_s_per_image=timings.get(name),
+        candidates=report,
+    )
+    return backend, info
+
+
+def _w_dim(backend: Backend) -> int:
+    if isinstance(backend, TorchStudent):
+        return backend.student.w_dim
+    if isinstance(backend, OnnxStudent):
+        return int(backend.metadata["graphs"]["student"]["inputs"]["w"][1])
+    return int(backend.runner.metadata.inputs["w"][1])  # type: ignore[attr-defined]
+
+
+def _check_pair(
+    loaded: LoadedModels, student_meta: dict[str, Any], export: dict[str, Any] | None, sha: str
+) -> None:
+    """Note when the student was not distilled from the loaded teacher (a seed then names
+    different identities in the two backends, and fallbacks change the picture)."""
+    assert loaded.student is not None
+    recorded = student_meta.get("teacher_sha256") or (export or {}).get("source", {}).get(
+        "teacher_sha256", ""
+    )
+    if recorded and sha and recorded != sha and not sha.startswith("embedded:"):
+        note = (
+            f"the student was distilled from teacher {recorded[:12]}..., the loaded teacher is "
+            f"{sha[:12]}...; renders of one latent will differ between backends"
+        )
+        log.warning(note)
+        loaded.student[1].notes.append(note)

@@ -1,0 +1,103 @@
+"""Service configuration: environment variables (``DISTILL3D_*``), a YAML/JSON settings file
+(``DISTILL3D_CONFIG`` or ``--config``), then command-line flags, in rising priority.
+
+With nothing set, the service serves the embedded default model on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+StudentBackendName = Literal["auto", "torch", "onnxruntime", "tensorrt"]
+
+
+class ServiceSettings(BaseSettings):
+    """Everything the service reads at start-up. Environment names are ``DISTILL3D_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="DISTILL3D_", extra="forbid")
+
+    # Models. "default" is the embedded model; None leaves that side out.
+    teacher: str | None = Field(
+        "default", description="volumetric teacher: 'default', a checkpoint folder or an EG3D .pkl"
+    )
+    student: str | None = Field(None, description="student checkpoint folder (run/student)")
+    onnx_dir: Path | None = Field(None, description="export folder for the ONNX Runtime backend")
+    plan_dir: Path | None = Field(
+        None, description="TensorRT plan folder (distill3d export tensorrt)"
+    )
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'")
+    student_backend: StudentBackendName = Field(
+        "auto", description="auto = the fastest that loads, measured at warm-up"
+    )
+    fallback: bool = Field(True, description="render with the teacher when the student fails")
+
+    # Batching and limits.
+    max_batch_size: int = Field(8, ge=1, le=256)
+    teacher_max_batch_size: int = Field(2, ge=1, le=64)
+    max_wait_ms: float = Field(10.0, ge=0, le=1000)
+    queue_size: int = Field(64, ge=1, le=100_000, description="queued images per backend")
+    request_timeout_s: float = Field(60.0, gt=0, description="queue wait + render, then 504")
+    max_frames: int = Field(240, ge=1, le=10_000)
+    max_fps: int = Field(60, ge=1, le=240)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    warmup: bool = True
+
+    # Access.
+    api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer <key>'")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    @field_validator("teacher", "student", mode="before")
+    @classmethod
+    def _none_words(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"", "none", "off"}:
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_serve(self) -> ServiceSettings:
+        if self.teacher is None and self.student is None and self.onnx_dir is None:
+            raise ValueError("nothing to serve: set DISTILL3D_TEACHER and/or DISTILL3D_STUDENT")
+        if self.plan_dir is not None and self.onnx_dir is None:
+            raise ValueError("plan_dir needs onnx_dir (the export the plan was built from)")
+        return self
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device}: CUDA is not available here; use cpu")
+        return self.device
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None, **overrides: Any
+) -> ServiceSettings:
+    """Settings from the environment, then ``config_file`` (or ``$DISTILL3D_CONFIG``), then
+    ``overrides`` (None values are ignored, so unset CLI flags do not mask the others)."""
+    values: dict[str, Any] = {}
+    path = config_file or os.environ.get("DISTILL3D_CONFIG")
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"settings file {path} not found")
+        text = path.read_text()
+        if path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a mapping of setting names to values")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ServiceSettings(**values)  # the environment fills whatever is left unset
