@@ -234,7 +234,11 @@ def encode_image(image: np.ndarray, fmt: str, quality: int) -> bytes:
 
 
 class BodyLimit:
-    """413 for request bodies over ``max_bytes``, declared or streamed, before anything parses."""
+    """413 for request bodies over ``max_bytes``, declared or streamed, before anything parses.
+
+    The body is read here (it is small by construction) and replayed to the app, so a chunked
+    upload without Content-Length is held to the same limit.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -248,25 +252,26 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await _too_large(self.max_bytes, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        messages: list[Message] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge()
-            return message
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await _too_large(self.max_bytes, send)
+                return
+            if not message.get("more_body", False):
+                break
 
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await _too_large(self.max_bytes, send)
+        async def replay() -> Message:
+            if messages:
+                return messages.pop(0)
+            return await receive()
 
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _too_large(limit: int, send: Send) -> None:
@@ -363,6 +368,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
         where = "query" if request.method == "GET" else "body"
         return JSONResponse({"detail": _detail(exc.field, str(exc), where)}, exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Without echoing the input: it may be huge, or NaN (which JSON cannot carry).
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, 422)
 
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, exc: QueueFull) -> JSONResponse:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 
 import numpy as np
 import pytest
+from PIL import Image
 from service_helpers import metric, run, serving
 
 from distill3d.service.engine import Batcher, ClientDisconnected, QueueFull, RenderItem
@@ -36,9 +38,13 @@ def test_concurrent_requests_are_batched_together(settings_for):
             images = metric(text, "distill3d_batch_size_sum", backend="torch")
             assert images == 6 and calls < 6  # batch-size histogram: mean > 1
             assert metric(text, "distill3d_batch_size_bucket", backend="torch", le="1.0") < calls
-            # Each image alone gives the same pixels as in a batch (batch independence).
+            # An image rendered alone matches it rendered in a batch (up to float rounding:
+            # batched convolutions take other kernels).
             alone = await client.get("/render", params={"seed": 0, "yaw": 10})
-            assert alone.content == responses[0].content
+            a, b = (
+                np.asarray(Image.open(io.BytesIO(r.content)), int) for r in (alone, responses[0])
+            )
+            assert np.abs(a - b).max() <= 1
 
     run(scenario())
 
