@@ -537,6 +537,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--student-backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default=None
     )
     p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--teacher-max-batch-size", type=int)
     p.add_argument("--max-wait-ms", type=float)
     p.add_argument("--queue-size", type=int)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -564,6 +565,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             device=args.device,
             student_backend=args.student_backend,
             max_batch_size=args.max_batch_size,
+            teacher_max_batch_size=args.teacher_max_batch_size,
             max_wait_ms=args.max_wait_ms,
             queue_size=args.queue_size,
         )
@@ -579,6 +581,68 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log_level=args.log_level,
         timeout_graceful_shutdown=10,
     )
+
+
+def _add_loadtest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "loadtest",
+        help="measure requests/s and p50/p99 latency of a local service at several concurrencies",
+        description="Send a bounded number of /render requests to a service on this machine "
+        "(loopback only). With --url it measures a running service; without, it starts one per "
+        "--batching mode (on: --max-batch-size, off: batch 1) with the model flags given.",
+    )
+    p.add_argument("--url", help="a running service, e.g. http://127.0.0.1:8000")
+    p.add_argument("--concurrency", default="1,2,4,8", help="comma-separated levels")
+    p.add_argument("--requests", type=int, default=32, help="requests per level")
+    p.add_argument("--batching", default="on,off", help="modes to start (without --url)")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--backend", default="auto", choices=["auto", "student", "volumetric"])
+    p.add_argument("--yaw", type=float, default=20.0)
+    p.add_argument("--teacher", help="passed to distill3d serve")
+    p.add_argument("--student", help="passed to distill3d serve")
+    p.add_argument("--onnx-dir", help="passed to distill3d serve")
+    p.add_argument("--device", help="passed to distill3d serve")
+    p.add_argument("--json", type=Path, help="also write the results as JSON")
+    p.set_defaults(func=cmd_loadtest)
+
+
+def cmd_loadtest(args: argparse.Namespace) -> None:
+    import asyncio
+    import os
+
+    from .service.loadtest import format_table, run_level, spawn_service
+
+    levels = [int(v) for v in args.concurrency.split(",") if v.strip()]
+    params = {"yaw": args.yaw, "backend": args.backend}
+    key = os.environ.get("DISTILL3D_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    results = []
+
+    def measure(url: str, label: str) -> None:
+        for level in levels:
+            result = asyncio.run(run_level(url, level, args.requests, label, params, headers))
+            print(format_table([result]).splitlines()[-1] if results else format_table([result]))
+            results.append(result)
+
+    if args.url:
+        measure(args.url, "service")
+    else:
+        serve = []
+        for flag in ("teacher", "student", "onnx_dir", "device"):
+            if getattr(args, flag):
+                serve += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        for mode in [m.strip() for m in args.batching.split(",") if m.strip()]:
+            if mode not in ("on", "off"):
+                raise ConfigError(f"--batching takes on and/or off, got {mode!r}")
+            batch = args.max_batch_size if mode == "on" else 1
+            extra = ["--max-batch-size", str(batch), "--teacher-max-batch-size", str(batch)]
+            extra += ["--max-wait-ms", str(args.max_wait_ms)]
+            with spawn_service([*serve, *extra]) as url:
+                measure(url, f"batching {mode}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -623,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache(sub)
     _add_export(sub)
     _add_serve(sub)
+    _add_loadtest(sub)
     return parser
 
 

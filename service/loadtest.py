@@ -1,0 +1,186 @@
+"""A bounded load generator for a running service on this machine (loopback only).
+
+For each concurrency level it sends a fixed number of /render requests from that many
+concurrent clients and reports requests/s, p50/p99 latency, errors by status, and the mean batch
+size the service formed (from /metrics before and after). ``spawn_service`` starts a service in
+a subprocess on a free loopback port, so batching on and off can be compared in one command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+
+MAX_REQUESTS = 10_000  # per level: this is a measuring tool, not a stress weapon
+
+
+@dataclass
+class LevelResult:
+    label: str
+    concurrency: int
+    requests: int
+    ok: int
+    errors: dict[str, int]
+    seconds: float
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    mean_batch: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def require_loopback(url: str) -> None:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ValueError(f"the load script only targets this machine (loopback), not {host!r}")
+
+
+def _batch_totals(metrics_text: str) -> tuple[float, float]:
+    total = count = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("distill3d_batch_size_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("distill3d_batch_size_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+async def run_level(
+    url: str,
+    concurrency: int,
+    requests: int,
+    label: str = "",
+    params: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 120.0,
+) -> LevelResult:
+    """``requests`` GET /render calls from ``concurrency`` concurrent clients."""
+    require_loopback(url)
+    if not 1 <= concurrency <= 1024 or not 1 <= requests <= MAX_REQUESTS:
+        raise ValueError(f"concurrency must be 1..1024 and requests 1..{MAX_REQUESTS}")
+    base = dict(params or {"yaw": 20, "pitch": 5})
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    next_index = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(
+        base_url=url, timeout=timeout_s, limits=limits, headers=headers
+    ) as client:
+        before = _batch_totals((await client.get("/metrics")).text)
+
+        async def worker() -> None:
+            nonlocal next_index
+            while next_index < requests:
+                seed = next_index
+                next_index += 1
+                start = time.perf_counter()
+                try:
+                    r = await client.get("/render", params={**base, "seed": seed})
+                    statuses[str(r.status_code)] += 1
+                    if r.status_code == 200:
+                        latencies.append(time.perf_counter() - start)
+                except httpx.HTTPError as exc:
+                    statuses[type(exc).__name__] += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - start
+        after = _batch_totals((await client.get("/metrics")).text)
+    images, calls = after[0] - before[0], after[1] - before[1]
+    ok = statuses.pop("200", 0)
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return LevelResult(
+        label=label,
+        concurrency=concurrency,
+        requests=requests,
+        ok=ok,
+        errors=dict(statuses),
+        seconds=round(seconds, 3),
+        requests_per_s=round(ok / seconds, 2),
+        p50_ms=round(float(np.percentile(ms, 50)), 1),
+        p99_ms=round(float(np.percentile(ms, 99)), 1),
+        mean_batch=round(images / calls, 2) if calls else 0.0,
+    )
+
+
+def format_table(results: Sequence[LevelResult]) -> str:
+    head = (
+        f"{'mode':<14}{'conc':>5}{'reqs':>6}{'ok':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'batch':>7}  errors"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        errors = ", ".join(f"{k}: {v}" for k, v in r.errors.items()) or "-"
+        lines.append(
+            f"{r.label:<14}{r.concurrency:>5}{r.requests:>6}{r.ok:>6}{r.requests_per_s:>9.2f}"
+            f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.mean_batch:>7.2f}  {errors}"
+        )
+    return "\n".join(lines)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def spawn_service(
+    args: Sequence[str] = (), env: dict[str, str] | None = None, ready_timeout_s: float = 120.0
+) -> Iterator[str]:
+    """Run ``distill3d serve ARGS`` on a free loopback port; yields its base URL once ready."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "distill3d.cli", "serve", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--log-level", "warning", *args]
+    process = subprocess.Popen(
+        cmd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if process.poll() is not None:
+                output = process.stdout.read() if process.stdout else ""
+                raise RuntimeError(f"the service exited with {process.returncode}:\n{output}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the service was not ready within {ready_timeout_s} s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
