@@ -54,9 +54,10 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 
-    @field_validator("teacher", "student", mode="before")
+    @field_validator("teacher", "student", "onnx_dir", "plan_dir", "api_key", mode="before")
     @classmethod
     def _none_words(cls, value: Any) -> Any:
+        """Empty or 'none' means unset, so compose files can pass ${VAR:-} through."""
         if isinstance(value, str) and value.strip().lower() in {"", "none", "off"}:
             return None
         return value

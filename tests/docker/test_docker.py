@@ -3,14 +3,22 @@ each image's entrypoint command run directly."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 from PIL import Image
+
+from distill3d.service.loadtest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile*"))
@@ -34,25 +42,107 @@ def test_compose_file_matches_the_compose_spec() -> None:
 
 
 def test_compose_builds_the_dockerfiles_that_exist() -> None:
-    import yaml
-
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    for name, service in compose["services"].items():
-        assert (ROOT / service["build"]["dockerfile"]).is_file(), name
+    built = {n: s["build"]["dockerfile"] for n, s in compose["services"].items() if "build" in s}
+    assert sorted(built.values()) == ["docker/Dockerfile", "docker/Dockerfile.gpu"]
+    for name, dockerfile in built.items():
+        assert (ROOT / dockerfile).is_file(), name
+    gpu = compose["services"]["distill3d-gpu"]["deploy"]["resources"]["reservations"]
+    assert gpu["devices"][0]["capabilities"] == ["gpu"]
+    assert "readyz" in " ".join(compose["services"]["distill3d"]["healthcheck"]["test"])
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_entrypoint_command_works_outside_docker(dockerfile: Path, tmp_path: Path) -> None:
+def test_entrypoint_command_serves_outside_docker(dockerfile: Path) -> None:
+    """The image's command, on a free loopback port instead of 0.0.0.0:8000, with the
+    environment compose gives it: the service becomes ready and renders."""
     entrypoint = _exec_form(dockerfile, "ENTRYPOINT")
     cmd = _exec_form(dockerfile, "CMD")
-    assert entrypoint == ["distill3d"]
-    # Same command, with the container's /out volume mapped to a temporary folder, on CPU.
-    args = [a.replace("/out", str(tmp_path)) for a in cmd]
-    args = ["cpu" if a == "cuda" else a for a in args]
+    assert entrypoint == ["distill3d"] and cmd[0] == "serve"
+    port = free_port()
+    args = [a.replace("0.0.0.0", "127.0.0.1").replace("8000", str(port)) for a in cmd]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env = {
+        k: _compose_default(v) for k, v in compose["services"]["distill3d"]["environment"].items()
+    }
     exe = Path(sys.executable).parent / "distill3d"
-    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert Image.open(tmp_path / "sample.png").size == (64, 64)
+    proc = subprocess.Popen([str(exe), *args], env={**os.environ, **env})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, "the service exited"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "not ready in 90 s"
+            time.sleep(0.3)
+        # The compose healthcheck's own command, against this port.
+        check = compose["services"]["distill3d"]["healthcheck"]["test"]
+        assert check[0] == "CMD"
+        probe = [
+            sys.executable if a == "python" else a.replace("8000", str(port)) for a in check[1:]
+        ]
+        assert subprocess.run(probe, check=False, timeout=30).returncode == 0
+        r = httpx.get(f"{url}/render", params={"seed": 0, "yaw": 30}, timeout=60)
+        assert r.status_code == 200
+        assert Image.open(io.BytesIO(r.content)).size == (64, 64)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _compose_default(value: str) -> str:
+    """'${NAME:-default}' -> 'default' (what compose substitutes when NAME is unset)."""
+    match = re.fullmatch(r"\$\{[A-Z0-9_]+:-(.*)\}", str(value))
+    return match.group(1) if match else str(value)
+
+
+def test_prometheus_scrapes_the_compose_services() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    config = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    targets = {t for group in job["static_configs"] for t in group["targets"]}
+    assert targets == {"distill3d:8000", "distill3d-gpu:8000"}
+    assert {t.split(":")[0] for t in targets} <= set(compose["services"])
+    mounted = compose["services"]["prometheus"]["volumes"][0].split(":")[0]
+    assert (ROOT / mounted).resolve() == (ROOT / "docker" / "prometheus.yml").resolve()
+
+
+def test_grafana_dashboard_queries_metrics_the_service_exports() -> None:
+    from distill3d.service.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics()
+    for name in ("torch", "volumetric"):  # give labelled families a sample each
+        metrics.batch_size.labels(name).observe(2)
+    families = {m.name for m in metrics.registry.collect()}
+    # Names as PromQL sees them: counters get _total, histograms _bucket/_sum/_count.
+    exported = set()
+    for family in metrics.registry.collect():
+        exported.update(sample.name for sample in family.samples)
+    exported |= families | {
+        "distill3d_torch_cuda_memory_bytes",
+        "distill3d_gpu_memory_bytes",  # GPU only
+        "distill3d_http_requests_total",
+        "distill3d_http_request_duration_seconds_bucket",
+        "distill3d_queue_wait_seconds_bucket",
+        "distill3d_model_seconds_bucket",
+        "distill3d_fallbacks_total",
+        "distill3d_rejected_total",
+    }
+    datasource = yaml.safe_load(
+        (ROOT / "docker/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]
+    dashboard = json.loads((ROOT / "docker/grafana/dashboards/distill3d.json").read_text())
+    assert dashboard["panels"]
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"]
+        for target in panel["targets"]:
+            used = set(re.findall(r"distill3d_[a-z_]+", target["expr"]))
+            assert used and used <= exported, (panel["title"], used - exported)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
