@@ -444,6 +444,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
         "weights_sha256": info.weights_sha256,
         "teacher_sha256": info.metadata.get("teacher_sha256", ""),
     }
+    if "pose_range" in info.metadata:  # served with the graphs as the student's valid poses
+        source["pose_range"] = info.metadata["pose_range"]
     start = time.perf_counter()
     metadata = export_onnx(
         model,

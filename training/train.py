@@ -640,6 +640,11 @@ def save_run(
             "stage": config.stage,
             "step": step,
             "images_seen": step * config.batch_size,
+            # What the service declares valid: the held-out evaluation's 1.5x training range.
+            "pose_range": {
+                "yaw_deg": round(min(1.5 * config.cameras.yaw_max_deg, 180.0), 2),
+                "pitch_deg": round(min(1.5 * config.cameras.pitch_max_deg, 85.0), 2),
+            },
         },
     )
 

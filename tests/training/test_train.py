@@ -81,6 +81,7 @@ def test_one_step_changes_the_student_not_the_teacher(teacher_dir, tmp_path):
     assert info.model_class == "student"
     assert info.metadata["teacher_sha256"] == read_checkpoint_info(teacher_dir).weights_sha256
     assert info.metadata["step"] == 1
+    assert info.metadata["pose_range"] == {"yaw_deg": 75.0, "pitch_deg": 30.0}
 
 
 def test_stage1_lowers_heldout_error(teacher_dir, tmp_path):
