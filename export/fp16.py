@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..models.checkpoint import sha256_file
 from .onnx import (
     STUDENT_FP16_GRAPH,
     VERIFY_BATCH_SIZES,
@@ -24,7 +25,6 @@ from .onnx import (
     graph_properties,
     read_export,
     sample_inputs,
-    sha256_bytes,
     write_metadata,
 )
 
@@ -135,7 +135,7 @@ def add_fp16_graph(
             dict(student["inputs"]),
             dict(student["outputs"]),
             precision="fp16",
-            sha256=sha256_bytes(tmp),
+            sha256=sha256_file(tmp),
             verification=verification,
         )
         os.replace(tmp, folder / STUDENT_FP16_GRAPH)

@@ -13,7 +13,6 @@ Metadata travels in ``export.json`` beside the graphs and in each graph's ``meta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..models.checkpoint import sha256_file
 from ..models.render import frontal_camera
 from ..models.student import Student
 
@@ -91,14 +91,6 @@ class GraphSpec:
     precision: str = "fp32"
     sha256: str = ""
     verification: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_bytes(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _require_onnx() -> None:
@@ -295,7 +287,7 @@ def export_onnx(
         }
         for key, g in graphs.items():
             _set_metadata(tmp / g.file, graph_properties(metadata, key))
-            g.sha256 = sha256_bytes(tmp / g.file)
+            g.sha256 = sha256_file(tmp / g.file)
             metadata["graphs"][key] = asdict(g)
         write_metadata(tmp, metadata)
 
@@ -361,7 +353,7 @@ def graph_path(folder: str | os.PathLike[str], metadata: dict[str, Any], key: st
     path = Path(folder) / graphs[key]["file"]
     if not path.is_file():
         raise ExportError(f"{path} is missing; re-run distill3d export onnx")
-    if sha256_bytes(path) != graphs[key]["sha256"]:
+    if sha256_file(path) != graphs[key]["sha256"]:
         raise ExportError(
             f"{path} does not match the hash in {METADATA_NAME} (changed after export); "
             "re-run distill3d export onnx"

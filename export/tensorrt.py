@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .onnx import ExportError, graph_path, read_export, sample_inputs, sha256_bytes
+from ..models.checkpoint import sha256_file
+from .onnx import ExportError, graph_path, read_export, sample_inputs
 
 PLAN_NAME = "student.plan"
 PLAN_METADATA = "student.plan.json"
@@ -312,7 +313,7 @@ def build_plan(
 
     plan_meta = PlanMetadata(
         plan_file=PLAN_NAME,
-        plan_sha256=sha256_bytes(tmp_plan),
+        plan_sha256=sha256_file(tmp_plan),
         onnx_file=onnx_path.name,
         onnx_sha256=graph["sha256"],
         precision=settings.precision,
@@ -402,7 +403,7 @@ class TensorRTRunner:
         plan_path = plan_dir / metadata.plan_file
         if not plan_path.is_file():
             raise ExportError(f"{plan_path} is missing; rebuild with distill3d export tensorrt")
-        if sha256_bytes(plan_path) != metadata.plan_sha256:
+        if sha256_file(plan_path) != metadata.plan_sha256:
             raise PlanMismatchError(
                 f"{plan_path} does not match the hash in {PLAN_METADATA}; it was changed or "
                 "replaced after the build. Rebuild it with distill3d export tensorrt"

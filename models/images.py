@@ -10,17 +10,23 @@ from PIL import Image
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[3, H, W] or [1, 3, H, W] in [-1, 1] -> uint8 [H, W, 3].
-
-    Upstream's conversion ``(x * 127.5 + 128).clamp(0, 255)`` then truncation, kept exactly so pixels
-    match EG3D's saved images.
-    """
+    """[3, H, W] or [1, 3, H, W] in [-1, 1] -> uint8 [H, W, 3]."""
     if img.ndim == 4:
         if img.shape[0] != 1:
             raise ValueError(f"expected a single image, got a batch of {img.shape[0]}")
         img = img[0]
-    x = (img.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-    return x.permute(1, 2, 0).cpu().numpy()
+    return batch_to_uint8(img.unsqueeze(0))[0]
+
+
+def batch_to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3].
+
+    Upstream's conversion ``(x * 127.5 + 128).clamp(0, 255)`` then truncation, kept exactly so pixels
+    match EG3D's saved images.
+    """
+    x = torch.as_tensor(images).detach().float()
+    x = (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def depth_to_uint8(depth: torch.Tensor) -> np.ndarray:

@@ -108,9 +108,7 @@ class RenderService:
         """One render per backend (first calls allocate and pick kernels); time recorded."""
         assert self.models is not None
         for role, batcher in self.batchers.items():
-            item = self._item(
-                self.models.camera.frontal(), None, 0.7, z=np.zeros(self.models.z_dim)
-            )
+            item = self.item(self.models.camera.frontal(), None, 0.7, z=np.zeros(self.models.z_dim))
             start = time.perf_counter()
             batcher.render_now([item])
             seconds = time.perf_counter() - start
@@ -125,7 +123,7 @@ class RenderService:
 
     # -- requests -> items ------------------------------------------------------------------
 
-    def _item(
+    def item(
         self,
         camera: Camera,
         c_cond: Camera | None,
@@ -409,7 +407,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         else:
             camera = service.models.camera.orbit(req.yaw, req.pitch, req.radius, req.fov_deg)
         role, reason = service.choose(req.backend, [camera])
-        item = service._item(camera, cond, req.psi(), z=z, w=w)
+        item = service.item(camera, cond, req.psi(), z=z, w=w)
         if reason:
             service.metrics.fallbacks.labels(reason).inc()
         (result,), failed = await service.render([item], role, request.is_disconnected)
@@ -462,7 +460,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         role, reason = service.choose(req.backend, cameras)
         if reason:
             service.metrics.fallbacks.labels(reason).inc()
-        items = [service._item(cam, cond, req.psi(), z=z, w=w) for cam in cameras]
+        items = [service.item(cam, cond, req.psi(), z=z, w=w) for cam in cameras]
         start = time.perf_counter()
         chunk = max(1, service.batchers[role].max_batch * 2)
         frames: list[np.ndarray] = []

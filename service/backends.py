@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..models.eg3d.generator import TriPlaneGenerator
+from ..models.images import batch_to_uint8
 from ..models.render import Generator
 from ..models.rng import generator_for
 from ..models.student import Student
@@ -39,13 +40,6 @@ class Backend(Protocol):
     max_batch: int
 
     def render(self, w: np.ndarray, c: np.ndarray) -> np.ndarray: ...
-
-
-def _to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3], with EG3D's rounding (models/images.py)."""
-    x = torch.as_tensor(images).detach().float()
-    x = (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def w_avg_of(generator: Generator) -> torch.Tensor:
@@ -139,7 +133,7 @@ class TorchStudent:
         wt = torch.from_numpy(w).to(self.device)
         ct = torch.from_numpy(c).to(self.device)
         out = self.student.synthesis(wt, ct, noise_mode="const")
-        return _to_uint8(out["image"])
+        return batch_to_uint8(out["image"])
 
 
 class OnnxStudent:
@@ -183,7 +177,7 @@ class OnnxStudent:
 
     def render(self, w: np.ndarray, c: np.ndarray) -> np.ndarray:
         (image, *_) = self.session.run(None, {"w": w, "c": c})
-        return _to_uint8(image)
+        return batch_to_uint8(image)
 
 
 class TensorRTStudent:
@@ -206,7 +200,7 @@ class TensorRTStudent:
 
     def render(self, w: np.ndarray, c: np.ndarray) -> np.ndarray:
         out = self.runner({"w": torch.from_numpy(w), "c": torch.from_numpy(c)})
-        return _to_uint8(out["image"])
+        return batch_to_uint8(out["image"])
 
 
 @dataclass
@@ -235,7 +229,7 @@ class Volumetric:
         ct = torch.from_numpy(c).to(self.device)
         rng = [generator_for(self.render_seed, self.device) for _ in range(len(w))]
         out = self.teacher.synthesis(ws, ct, noise_mode="const", rng=rng)
-        return _to_uint8(out["image"])
+        return batch_to_uint8(out["image"])
 
 
 def time_backend(backend: Backend, w: np.ndarray, c: np.ndarray, repeats: int = 3) -> float:

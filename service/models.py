@@ -3,7 +3,6 @@ latent mapping, each model's declared pose range, and what /v1/models reports ab
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -125,17 +124,9 @@ class LoadedModels:
     volumetric: tuple[Backend, ModelInfo] | None = None
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _load_torch(spec: str, device: str) -> tuple[Any, str, dict[str, Any]]:
     """(model, weights hash, checkpoint metadata) of 'default', a checkpoint folder or a .pkl."""
-    from ..models.checkpoint import read_checkpoint_info
+    from ..models.checkpoint import read_checkpoint_info, sha256_file
     from ..models.load import DEFAULT_MODEL, load_model
 
     model = load_model(spec, device=device)
@@ -145,7 +136,7 @@ def _load_torch(spec: str, device: str) -> tuple[Any, str, dict[str, Any]]:
     if path.is_dir():
         info = read_checkpoint_info(path)
         return model, info.weights_sha256, dict(info.metadata)
-    return model, _file_sha256(path), {}
+    return model, sha256_file(path), {}
 
 
 def _camera_of(config: Any) -> CameraModel:

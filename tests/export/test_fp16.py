@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 
 from distill3d.cli import main
-from distill3d.export.onnx import sample_inputs, sha256_bytes
+from distill3d.export.onnx import sample_inputs
+from distill3d.models.checkpoint import sha256_file
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def test_fp16_graph_is_added_and_recorded(fp32_only, capsys):
     meta = json.loads((fp32_only / "export.json").read_text())
     graph = meta["graphs"]["student_fp16"]
     assert graph["precision"] == "fp16"
-    assert graph["sha256"] == sha256_bytes(fp32_only / "student_fp16.onnx")
+    assert graph["sha256"] == sha256_file(fp32_only / "student_fp16.onnx")
     assert set(graph["verification"]["psnr_db"]) == {
         f"{n}@{b}" for n in ("image", "image_raw") for b in (1, 2, 5)
     }

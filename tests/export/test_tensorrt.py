@@ -11,7 +11,7 @@ import torch
 from fake_tensorrt import H100, fake_tensorrt
 
 from distill3d.cli import main
-from distill3d.export.onnx import ExportError, sha256_bytes
+from distill3d.export.onnx import ExportError
 from distill3d.export.tensorrt import (
     PLAN_METADATA,
     BuildSettings,
@@ -21,6 +21,7 @@ from distill3d.export.tensorrt import (
     build_plan,
     check_compatible,
 )
+from distill3d.models.checkpoint import sha256_file
 
 
 def test_build_is_strongly_typed_with_a_batch_profile_and_a_persisted_timing_cache(
@@ -46,7 +47,7 @@ def test_build_is_strongly_typed_with_a_batch_profile_and_a_persisted_timing_cac
     on_disk = PlanMetadata.load(tmp_path / "plan" / PLAN_METADATA)
     assert on_disk == meta
     assert on_disk.platform == H100
-    assert on_disk.plan_sha256 == sha256_bytes(plan)
+    assert on_disk.plan_sha256 == sha256_file(plan)
     assert on_disk.onnx_sha256 == metadata["graphs"]["student_fp16"]["sha256"]
     assert on_disk.precision == "fp16" and on_disk.img_resolution == 64
     assert (on_disk.min_batch, on_disk.max_batch) == (2, 16)

@@ -12,9 +12,10 @@ from fake_tensorrt import H100, fake_tensorrt
 from triton_model_config import parse_config
 
 from distill3d.cli import main
-from distill3d.export.onnx import ExportError, sha256_bytes
+from distill3d.export.onnx import ExportError
 from distill3d.export.tensorrt import PLAN_METADATA
 from distill3d.export.triton import TritonSettings, to_pbtxt, write_repository
+from distill3d.models.checkpoint import sha256_file
 
 FP32 = 11  # DataType.TYPE_FP32
 KIND_GPU, KIND_CPU = 1, 2
@@ -48,7 +49,7 @@ def test_repository_layout_and_configs(exported, tmp_path, capsys):
 
     # The version folder holds the FP16 graph byte for byte, and its tensors are the config's.
     model = repo / "faces" / "1" / "model.onnx"
-    assert sha256_bytes(model) == metadata["graphs"]["student_fp16"]["sha256"]
+    assert sha256_file(model) == metadata["graphs"]["student_fp16"]["sha256"]
     graph = onnx.load(str(model)).graph
     assert {i.name for i in graph.input} == set(_dims(student.input))
     assert {o.name for o in graph.output} == set(_dims(student.output))
@@ -87,7 +88,7 @@ def test_fp32_cpu_variant_and_other_models_kept(exported, tmp_path):
     config = _configs(repo)["distill3d"]
     assert [(g.kind, g.count) for g in config.instance_group] == [(KIND_CPU, 2)]
     model = repo / "distill3d" / "1" / "model.onnx"
-    assert sha256_bytes(model) == metadata["graphs"]["student"]["sha256"]
+    assert sha256_file(model) == metadata["graphs"]["student"]["sha256"]
 
 
 def test_plan_repository_checks_the_plan_against_the_export(exported, tmp_path):
