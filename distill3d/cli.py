@@ -647,6 +647,136 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
         args.json.write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time and measure teacher vs student in each backend across batch sizes",
+        description="Same machine, same run: the volumetric teacher and the student in PyTorch "
+        "(and autocast on CUDA), ONNX Runtime and TensorRT; per-image latency (median, p95), "
+        "images/s, peak memory, FLOPs per image and the fraction of the measured matmul peak. "
+        "--preset measures the official architectures with random weights.",
+    )
+    p.add_argument("--teacher", help="teacher: 'default', a checkpoint folder or an EG3D .pkl")
+    p.add_argument("--student", help="a student checkpoint folder")
+    p.add_argument(
+        "--preset",
+        choices=["ffhq512", "afhq512", "shapenet128", "tiny"],
+        help="random-weight teacher and student of this architecture (instead of checkpoints)",
+    )
+    p.add_argument("--onnx-dir", type=Path, help="an export folder: add ONNX Runtime")
+    p.add_argument(
+        "--export-onnx",
+        action="store_true",
+        help="export the student first (to a temporary folder) and add ONNX Runtime",
+    )
+    p.add_argument("--plan-dir", type=Path, help="a TensorRT plan folder (needs --onnx-dir)")
+    p.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated")
+    p.add_argument("--teacher-max-batch", type=int, default=4, help="cap for the slow teacher")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--json", type=Path, help="write the measurements as JSON")
+    p.add_argument("--plot", type=Path, help="write throughput and memory vs batch as a PNG")
+    p.add_argument("--seed", type=int, default=0, help="weights seed for --preset")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from .export import bench
+    from .models.checkpoint import read_checkpoint_info
+    from .models.eg3d.generator import TriPlaneGenerator
+    from .models.load import init_generator, load_model
+    from .models.student import Student, student_from_teacher, student_preset
+
+    try:
+        sizes = sorted({int(v) for v in args.batch_sizes.split(",") if v.strip()})
+    except ValueError:
+        raise ConfigError(
+            f"--batch-sizes takes comma-separated integers, got {args.batch_sizes!r}"
+        ) from None
+    if not sizes or sizes[0] < 1:
+        raise ConfigError("--batch-sizes needs positive integers")
+    if args.repeats < 1 or args.warmup < 0:
+        raise ConfigError("--repeats must be at least 1 and --warmup at least 0")
+    if args.plan_dir and not args.onnx_dir:
+        raise ConfigError("--plan-dir needs --onnx-dir (the export the plan was built from)")
+    device_name = args.device
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(_device(device_name))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    teacher = student = None
+    if args.preset:
+        if args.teacher or args.student:
+            raise ConfigError("give --preset or --teacher/--student, not both")
+        teacher = init_generator(args.preset, seed=args.seed)
+        student = student_from_teacher(teacher, student_preset(args.preset))
+    else:
+        if args.teacher:
+            teacher = load_model(args.teacher)
+            if not isinstance(teacher, TriPlaneGenerator):
+                raise ConfigError(f"--teacher {args.teacher} is a {type(teacher).__name__}")
+        if args.student:
+            student = load_model(args.student)
+            if not isinstance(student, Student):
+                raise ConfigError(f"--student {args.student} is a {type(student).__name__}")
+    if teacher is None and student is None and args.onnx_dir is None:
+        raise ConfigError("nothing to measure: give --preset, --teacher, --student or --onnx-dir")
+
+    runners = []
+    if teacher is not None:
+        runners.append(bench.teacher_runner(teacher, device))
+    student_flops = 0.0
+    if student is not None:
+        torch_runners = bench.student_torch_runners(student, device)
+        student_flops = torch_runners[0].flops_per_image
+        runners += torch_runners
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_dir = args.onnx_dir
+        if args.export_onnx:
+            if student is None:
+                raise ConfigError("--export-onnx needs a student (--student or --preset)")
+            from .export.onnx import export_onnx
+
+            print("exporting the student to ONNX for the ONNX Runtime rows ...")
+            source = {"checkpoint": str(args.student or f"preset {args.preset}")}
+            if args.student:
+                source["weights_sha256"] = read_checkpoint_info(args.student).weights_sha256
+            onnx_dir = Path(tmp) / "export"
+            export_onnx(student, onnx_dir, source, fp16=device.startswith("cuda"))
+        if onnx_dir is not None:
+            runners.append(bench.student_onnx_runner(onnx_dir, device, student_flops))
+        if args.plan_dir is not None:
+            runners.append(
+                bench.student_tensorrt_runner(args.plan_dir, onnx_dir, device, student_flops)
+            )
+        report = bench.run_bench(
+            runners,
+            sizes,
+            device,
+            args.warmup,
+            args.repeats,
+            args.teacher_max_batch,
+            progress=lambda row: print(
+                f"  {row.runner} batch {row.batch}: "
+                + (row.error or f"{row.ms_per_image_median:.1f} ms/image"),
+                flush=True,
+            ),
+        )
+    print(bench.format_table(report))
+    if args.json:
+        bench.save_json(report, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        bench.plot_report(report, args.plot)
+        print(f"wrote {args.plot}")
+
+
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a model's architecture and rendering settings as JSON")
     p.add_argument("model", help="'default', a checkpoint folder or an EG3D .pkl")
@@ -690,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_serve(sub)
     _add_loadtest(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -34,6 +34,13 @@ class RenderOptions:
     # The three above apply to the volumetric teacher only; a student ignores them.
 
 
+def w_avg_of(generator: Generator) -> torch.Tensor:
+    """The average w that truncation pulls towards (the teacher's, also inside a student)."""
+    if isinstance(generator, Student):
+        return generator.w_avg
+    return generator.backbone.mapping.w_avg
+
+
 def frontal_camera(generator: Generator, batch_size: int = 1) -> Camera:
     """The camera EG3D conditions the mapping with: frontal, at the model's radius and pivot."""
     rk = generator.config.rendering

@@ -19,7 +19,7 @@ import torch
 
 from ..models.eg3d.generator import TriPlaneGenerator
 from ..models.images import batch_to_uint8
-from ..models.render import Generator
+from ..models.render import Generator, w_avg_of
 from ..models.rng import generator_for
 from ..models.student import Student
 
@@ -40,12 +40,6 @@ class Backend(Protocol):
     max_batch: int
 
     def render(self, w: np.ndarray, c: np.ndarray) -> np.ndarray: ...
-
-
-def w_avg_of(generator: Generator) -> torch.Tensor:
-    if isinstance(generator, Student):
-        return generator.w_avg
-    return generator.backbone.mapping.w_avg
 
 
 class Mapper(Protocol):
