@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from ..models.camera import Camera
 from ..models.eg3d.generator import TriPlaneGenerator
 from ..models.errors import ConfigError
+from ..models.metrics import psnr
 from ..models.render import frontal_camera
 from .config import CameraDistribution
 
@@ -292,14 +293,6 @@ def heldout_set(sampler: TeacherSampler, count: int, poses: PoseSampler, seed: i
     c = poses.orbit(yaw, pitch)
     rng = torch.Generator(sampler.device).manual_seed(step_seed(seed, 0, 1, "heldout"))
     return sampler.render(z, c, rng)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [-1, 1] (clamped), peak 1 on the [0, 1] scale."""
-    a = (a.float().clamp(-1, 1) + 1) / 2
-    b = (b.float().clamp(-1, 1) + 1) / 2
-    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10 * torch.log10(mse)
 
 
 def mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
