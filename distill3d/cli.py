@@ -777,6 +777,77 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"wrote {args.plot}")
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="fidelity (PSNR, SSIM, LPIPS) and 3D consistency of a student vs its teacher",
+        description="Render held-out latents with the teacher and the student at poses inside "
+        "and beyond the student's training range; write report.md, report.json, grid.png and "
+        "turntable.gif to --out.",
+    )
+    p.add_argument(
+        "--teacher", required=True, help="'default', a checkpoint folder or an EG3D .pkl"
+    )
+    p.add_argument("--student", required=True, help="a student checkpoint folder")
+    p.add_argument("--out", required=True, type=Path, help="report folder")
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--seed", type=int, default=20231)
+    p.add_argument("--truncation", type=float, default=0.7)
+    p.add_argument("--pair-offset", type=float, default=10.0, help="yaw between paired views")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lpips", help="LPIPS weights (file or folder); default: the usual places")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .models.checkpoint import read_checkpoint_info
+    from .models.eg3d.generator import TriPlaneGenerator
+    from .models.load import load_model
+    from .models.student import Student
+    from .training.evaluate import EvalConfig, evaluate
+
+    device = _device(args.device)
+    teacher = load_model(args.teacher, device=device)
+    if not isinstance(teacher, TriPlaneGenerator):
+        raise ConfigError(f"--teacher {args.teacher} is a {type(teacher).__name__}")
+    student = load_model(args.student, device=device)
+    if not isinstance(student, Student):
+        raise ConfigError(f"--student {args.student} is a {type(student).__name__}")
+    limits = read_checkpoint_info(args.student).metadata.get("pose_range") or {
+        "yaw_deg": 75.0,
+        "pitch_deg": 30.0,
+    }
+    config = EvalConfig(
+        samples=args.samples,
+        seed=args.seed,
+        truncation_psi=args.truncation,
+        train_yaw_deg=float(limits["yaw_deg"]) / 1.5,
+        train_pitch_deg=float(limits["pitch_deg"]) / 1.5,
+        pair_offset_deg=args.pair_offset,
+        batch_size=args.batch_size,
+    )
+    lpips = None
+    if not args.no_lpips:
+        from .training.lpips import find_lpips_weights, load_lpips
+
+        if args.lpips or find_lpips_weights() is not None:
+            lpips = load_lpips(args.lpips, device)
+        else:
+            print("no LPIPS weights found (see README, Training): reporting PSNR and SSIM only")
+    report = evaluate(teacher, student, args.out, config, lpips)
+    for group, f in report["fidelity"].items():
+        c = report["consistency"][group]
+        print(
+            f"{group}: PSNR {f['psnr_db']['mean']:.2f} dB, SSIM {f['ssim']['mean']:.3f}"
+            + (f", LPIPS {f['lpips']['mean']:.3f}" if "lpips" in f else "")
+            + f"; reprojection teacher {c['teacher_reprojection_error']['mean']:.4f}, "
+            f"student {c['student_reprojection_error']['mean']:.4f}"
+        )
+    print(f"report: {args.out / 'report.md'}")
+
+
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a model's architecture and rendering settings as JSON")
     p.add_argument("model", help="'default', a checkpoint folder or an EG3D .pkl")
@@ -821,6 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_loadtest(sub)
     _add_bench(sub)
+    _add_eval(sub)
     return parser
 
 
