@@ -187,26 +187,16 @@ def student_torch_runners(student: Student, device: str) -> list[Runner]:
     return runners
 
 
-def _export_inputs(camera: dict[str, Any], w_dim: int, batch: int) -> tuple[np.ndarray, ...]:
-    """Inputs for an exported graph, from its metadata alone (w near zero, orbit cameras)."""
-    from ..models.camera import Camera
-
-    rng = np.random.default_rng(batch)
-    w = (rng.standard_normal((batch, w_dim)) * 0.5).astype(np.float32)
-    yaws = np.linspace(-30, 30, batch).tolist() if batch > 1 else [10.0]
-    c = Camera.orbit(yaws, 5.0, camera["radius"], camera["pivot"], camera["focal_length"])
-    return w, c.to_label().numpy().astype(np.float32)
-
-
 def student_onnx_runner(export_dir: Path, device: str, flops: float) -> Runner:
     from ..service.backends import OnnxStudent
+    from .onnx import sample_inputs
 
     backend = OnnxStudent(export_dir, device)
-    w_dim = int(backend.metadata["graphs"]["student"]["inputs"]["w"][1])
+    make_inputs = sample_inputs(export_dir, backend.metadata)
 
     def prepare(batch: int) -> Callable[[], Any]:
-        w, c = _export_inputs(backend.metadata["camera"], w_dim, batch)
-        return lambda: backend.session.run(None, {"w": w, "c": c})
+        inputs = make_inputs(batch)
+        return lambda: backend.session.run(None, inputs)
 
     return Runner(
         "student onnxruntime", "student", "onnxruntime", device, backend.precision, prepare, flops
@@ -214,17 +204,15 @@ def student_onnx_runner(export_dir: Path, device: str, flops: float) -> Runner:
 
 
 def student_tensorrt_runner(plan_dir: Path, export_dir: Path, device: str, flops: float) -> Runner:
+    from .onnx import read_export, sample_inputs
     from .tensorrt import TensorRTRunner
 
     runner = TensorRTRunner(plan_dir, device, export_dir=export_dir)
-    w_dim = int(runner.metadata.inputs["w"][1])
+    make_inputs = sample_inputs(export_dir, read_export(export_dir))
 
     def prepare(batch: int) -> Callable[[], Any]:
-        w, c = (
-            torch.from_numpy(x).to(device)
-            for x in _export_inputs(runner.metadata.camera, w_dim, batch)
-        )
-        return lambda: runner({"w": w, "c": c})
+        inputs = {k: torch.from_numpy(v).to(device) for k, v in make_inputs(batch).items()}
+        return lambda: runner(inputs)
 
     return Runner(
         "student tensorrt", "student", "tensorrt", device, runner.metadata.precision, prepare, flops
