@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -429,15 +430,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def cmd_export_onnx(args: argparse.Namespace) -> None:
     from .export.onnx import export_onnx
     from .models.checkpoint import read_checkpoint_info
-    from .models.load import load_model
-    from .models.student import Student
 
-    model = load_model(args.model)
-    if not isinstance(model, Student):
-        raise ConfigError(
-            f"--model {args.model} is a {type(model).__name__}; export takes a student checkpoint "
-            "(the run directory's student/ folder)"
-        )
+    model = _load_student(args.model, "--model", command="export")
     info = read_checkpoint_info(args.model)
     source = {
         "checkpoint": str(args.model),
@@ -687,9 +681,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from .export import bench
     from .models.checkpoint import read_checkpoint_info
-    from .models.eg3d.generator import TriPlaneGenerator
-    from .models.load import init_generator, load_model
-    from .models.student import Student, student_from_teacher, student_preset
+    from .models.load import init_generator
+    from .models.student import student_from_teacher, student_preset
 
     try:
         sizes = sorted({int(v) for v in args.batch_sizes.split(",") if v.strip()})
@@ -718,13 +711,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         student = student_from_teacher(teacher, student_preset(args.preset))
     else:
         if args.teacher:
-            teacher = load_model(args.teacher)
-            if not isinstance(teacher, TriPlaneGenerator):
-                raise ConfigError(f"--teacher {args.teacher} is a {type(teacher).__name__}")
+            teacher = _load_teacher(args.teacher, "--teacher")
         if args.student:
-            student = load_model(args.student)
-            if not isinstance(student, Student):
-                raise ConfigError(f"--student {args.student} is a {type(student).__name__}")
+            student = _load_student(args.student, "--student", command="bench")
     if teacher is None and student is None and args.onnx_dir is None:
         raise ConfigError("nothing to measure: give --preset, --teacher, --student or --onnx-dir")
 
@@ -803,22 +792,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .models.checkpoint import read_checkpoint_info
-    from .models.eg3d.generator import TriPlaneGenerator
-    from .models.load import load_model
-    from .models.student import Student
     from .training.evaluate import EvalConfig, evaluate
 
     device = _device(args.device)
-    teacher = load_model(args.teacher, device=device)
-    if not isinstance(teacher, TriPlaneGenerator):
-        raise ConfigError(f"--teacher {args.teacher} is a {type(teacher).__name__}")
-    student = load_model(args.student, device=device)
-    if not isinstance(student, Student):
-        raise ConfigError(f"--student {args.student} is a {type(student).__name__}")
-    limits = read_checkpoint_info(args.student).metadata.get("pose_range") or {
-        "yaw_deg": 75.0,
-        "pitch_deg": 30.0,
-    }
+    teacher = _load_teacher(args.teacher, "--teacher", device)
+    student = _load_student(args.student, "--student", device, command="eval")
+    from .models.student import DEFAULT_POSE_RANGE
+
+    limits = read_checkpoint_info(args.student).metadata.get("pose_range") or DEFAULT_POSE_RANGE
     config = EvalConfig(
         samples=args.samples,
         seed=args.seed,
@@ -864,6 +845,36 @@ def cmd_info(args: argparse.Namespace) -> None:
         "config": model.config.to_dict(),  # type: ignore[operator]
     }
     print(json.dumps(info, indent=2))
+
+
+def _load_teacher(spec: str, flag: str, device: torch.device | str = "cpu") -> Any:
+    """A volumetric EG3D generator, or an error naming the flag and what was found instead."""
+    from .models.eg3d.generator import TriPlaneGenerator
+    from .models.load import load_model
+
+    model = load_model(spec, device=device)
+    if not isinstance(model, TriPlaneGenerator):
+        raise ConfigError(
+            f"{flag} {spec} is a {type(model).__name__}, not a volumetric EG3D generator; "
+            "pass 'default', a teacher checkpoint folder or an EG3D .pkl"
+        )
+    return model
+
+
+def _load_student(
+    spec: str, flag: str, device: torch.device | str = "cpu", command: str = "this"
+) -> Any:
+    """A student, or an error naming the flag and what was found instead."""
+    from .models.load import load_model
+    from .models.student import Student
+
+    model = load_model(spec, device=device)
+    if not isinstance(model, Student):
+        raise ConfigError(
+            f"{flag} {spec} is a {type(model).__name__}; {command} takes a student checkpoint "
+            "(the run directory's student/ folder)"
+        )
+    return model
 
 
 def _device(name: str) -> torch.device:

@@ -241,6 +241,11 @@ def _split_ws(ws: torch.Tensor, w_dim: int) -> tuple[torch.Tensor, torch.Tensor]
     return ws[:, 0], ws[:, -1]
 
 
+# The poses a student checkpoint is trusted for when its metadata does not say: 1.5x the default
+# training camera limits (what the held-out evaluation covers). Training records its own.
+DEFAULT_POSE_RANGE = {"yaw_deg": 75.0, "pitch_deg": 30.0}
+
+
 def student_preset(name: str, **overrides: Any) -> StudentConfig:
     """The student mirroring a teacher preset (``ffhq512``, ``afhq512``, ``shapenet128``, ``tiny``).
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..models.camera import Camera, focal_from_fov
 from ..models.eg3d.generator import TriPlaneGenerator
 from ..models.errors import ConfigError
-from ..models.student import Student
+from ..models.student import DEFAULT_POSE_RANGE, Student
 from .backends import (
     Backend,
     LatentMapper,
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # Declared when a checkpoint does not say: the student is trusted within 1.5x the default
 # training distribution's limits (what the held-out evaluation covers), the teacher to profile.
-DEFAULT_STUDENT_RANGE = {"yaw_deg": 75.0, "pitch_deg": 30.0}
+DEFAULT_STUDENT_RANGE = DEFAULT_POSE_RANGE
 DEFAULT_TEACHER_RANGE = {"yaw_deg": 90.0, "pitch_deg": 45.0}
 
 
