@@ -786,6 +786,20 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lpips", help="LPIPS weights (file or folder); default: the usual places")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument(
+        "--fid-real",
+        metavar="DIR|teacher",
+        help="add FID/KID: against a folder of real images (the teacher is scored too), or "
+        "against teacher renders of other latents ('teacher'); needs the Inception weights",
+    )
+    p.add_argument(
+        "--fid-samples", type=int, default=1000, help="generated images per model for FID/KID"
+    )
+    p.add_argument(
+        "--inception",
+        help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth; default: $DISTILL3D_INCEPTION, "
+        "then torch's hub cache",
+    )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval)
 
@@ -808,7 +822,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
         train_pitch_deg=float(limits["pitch_deg"]) / 1.5,
         pair_offset_deg=args.pair_offset,
         batch_size=args.batch_size,
+        fid_samples=args.fid_samples,
     )
+    inception = None
+    real = None
+    if args.fid_real is not None:
+        from .training.inception import load_inception
+
+        inception = load_inception(args.inception, device)  # fails before any rendering
+        real = None if args.fid_real == "teacher" else args.fid_real
     lpips = None
     if not args.no_lpips:
         from .training.lpips import find_lpips_weights, load_lpips
@@ -817,7 +839,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             lpips = load_lpips(args.lpips, device)
         else:
             print("no LPIPS weights found (see README, Training): reporting PSNR and SSIM only")
-    report = evaluate(teacher, student, args.out, config, lpips)
+    report = evaluate(teacher, student, args.out, config, lpips, inception, real, progress=True)
     for group, f in report["fidelity"].items():
         c = report["consistency"][group]
         print(
@@ -826,6 +848,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
             + f"; reprojection teacher {c['teacher_reprojection_error']['mean']:.4f}, "
             f"student {c['student_reprojection_error']['mean']:.4f}"
         )
+    if "distribution" in report:
+        d = report["distribution"]
+        for name in ("student", "teacher"):
+            if name in d:
+                print(
+                    f"{name} vs {d['reference']}: FID {d[name]['fid']:.3f}, "
+                    f"KID x 10^3 {d[name]['kid']['mean'] * 1e3:.3f} ({d['samples']} samples)"
+                )
     print(f"report: {args.out / 'report.md'}")
 
 

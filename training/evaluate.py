@@ -6,6 +6,9 @@
 - 3D consistency: each pose is paired with one ``pair_offset_deg`` further in yaw; view A is warped
   into view B with the teacher's depth (``models.metrics.reprojection_error``), for the teacher's
   own images and for the student's. The teacher's number is the floor a student can reach.
+- Distribution (optional, needs the FID Inception weights): FID and KID of student samples
+  against a folder of real images (the teacher's samples are scored against it too, as the
+  reference point) or against teacher renders of other latents.
 - A markdown report with the numbers, an image grid (teacher, student, difference at several
   poses) and a side-by-side turntable GIF.
 """
@@ -15,20 +18,24 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..models.camera import Camera
 from ..models.eg3d.generator import TriPlaneGenerator
+from ..models.errors import ConfigError
 from ..models.images import batch_to_uint8, save_image
 from ..models.metrics import psnr, reprojection_error, ssim
 from ..models.render import frontal_camera, orbit_camera
 from ..models.rng import generator_for
 from ..models.student import Student
+from .fid import KID, FeatureStats, features_of, fid, folder_batches, format_kid, image_files, kid
 
 
 @dataclass(frozen=True)
@@ -42,10 +49,13 @@ class EvalConfig:
     batch_size: int = 4
     turntable_frames: int = 24
     grid_samples: int = 4
+    fid_samples: int = 1000  # generated images per model for FID/KID (when Inception is given)
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.batch_size < 1 or self.grid_samples < 1:
             raise ValueError("samples, batch_size and grid_samples must be at least 1")
+        if self.fid_samples < 2:
+            raise ValueError("fid_samples must be at least 2 (FID needs a covariance)")
         if not 0 < self.train_pitch_deg * 1.5 < 90:
             raise ValueError("1.5 x train_pitch_deg must stay below 90 degrees")
         if self.turntable_frames < 2:
@@ -114,8 +124,19 @@ def evaluate(
     out_dir: str | os.PathLike[str],
     config: EvalConfig | None = None,
     lpips: torch.nn.Module | None = None,
+    inception: torch.nn.Module | None = None,
+    real: str | os.PathLike[str] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Measure, write ``report.md``, ``report.json``, ``grid.png`` and ``turntable.gif``."""
+    """Measure, write ``report.md``, ``report.json``, ``grid.png`` and ``turntable.gif``.
+
+    With ``inception``, FID/KID are added: against the images in the folder ``real``, or, when
+    ``real`` is None, against teacher renders of latents neither model is scored on.
+    """
+    if real is not None:
+        real_files = image_files(real)  # before any rendering: a bad folder fails at once
+    if real is not None and inception is None:
+        raise ConfigError("a real-image folder was given without Inception weights for FID")
     config = config or EvalConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,10 +187,86 @@ def evaluate(
     grid = torch.cat([torch.cat(list(rows), dim=1) for rows in grid_rows], dim=1)
     save_image(batch_to_uint8(grid[None])[0], out / "grid.png")
     _turntable(teacher, student, w[:1], config, out / "turntable.gif")
+    if inception is not None:
+        report["distribution"] = _distribution(
+            teacher, student, inception, config, real_files if real is not None else None, progress
+        )
+        if real is not None:
+            report["distribution"]["reference"] = str(real)
     report["files"] = ["report.md", "report.json", "grid.png", "turntable.gif"]
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(report))
     return report
+
+
+def _distribution(
+    teacher: TriPlaneGenerator,
+    student: Student,
+    inception: torch.nn.Module,
+    config: EvalConfig,
+    real_files: list[Path] | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """FID/KID of the student (and, against real images, the teacher) at in-range poses."""
+    device = next(teacher.parameters()).device
+    n = config.fid_samples
+
+    def samples(model: str, stream: int) -> FeatureStats:
+        batches = _sample_batches(teacher, student, model, config, config.seed + stream)
+        with tqdm(total=n, unit="img", desc=f"FID: {model}", disable=not progress) as bar:
+            return features_of(inception, _counted(batches, bar), device)
+
+    scored = {"student": samples("student", 1)}
+    if real_files is None:
+        reference = samples("teacher", 2)
+        label = "teacher renders"
+    else:
+        scored["teacher"] = samples("teacher", 2)
+        with tqdm(total=len(real_files), unit="img", desc="FID: real", disable=not progress) as bar:
+            batches = folder_batches(real_files, config.batch_size)
+            reference = features_of(inception, _counted(batches, bar), device)
+        label = "real images"
+    result: dict[str, Any] = {
+        "reference": label,
+        "reference_samples": reference.count,
+        "samples": n,
+        "poses": "in range",
+    }
+    for name, stats in scored.items():
+        k = kid(stats, reference, seed=config.seed)
+        result[name] = {"fid": round(fid(stats, reference), 4), "kid": asdict(k)}
+    return result
+
+
+def _sample_batches(
+    teacher: TriPlaneGenerator, student: Student, model: str, config: EvalConfig, seed: int
+) -> Iterator[torch.Tensor]:
+    """Images of ``fid_samples`` latents from their own seed stream at random in-range poses."""
+    device = next(teacher.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    n = config.fid_samples
+    z = torch.randn(n, teacher.z_dim, generator=gen)
+    yaw = ((torch.rand(n, generator=gen) * 2 - 1) * config.train_yaw_deg).tolist()
+    pitch = ((torch.rand(n, generator=gen) * 2 - 1) * config.train_pitch_deg).tolist()
+    label = orbit_camera(teacher, yaw, pitch).to_label()
+    for start in range(0, n, config.batch_size):
+        zb = z[start : start + config.batch_size].to(device)
+        cb = label[start : start + config.batch_size].to(device)
+        with torch.no_grad():
+            c_cond = frontal_camera(teacher, len(zb)).to_label().to(device)
+            ws = teacher.mapping(zb, c_cond, config.truncation_psi)
+            if model == "teacher":
+                rng = [generator_for(seed + start + i, device) for i in range(len(zb))]
+                image = teacher.synthesis(ws, cb, noise_mode="const", rng=rng)["image"]
+            else:
+                image = student.synthesis(ws[:, 0], cb, noise_mode="const")["image"]
+        yield image.float()
+
+
+def _counted(batches: Iterable[torch.Tensor], bar: Any) -> Iterator[torch.Tensor]:
+    for batch in batches:
+        yield batch
+        bar.update(len(batch))
 
 
 def _turntable(
@@ -227,6 +324,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {group.replace('_', ' ')} | {_fmt(c['teacher_reprojection_error'])} | "
             f"{_fmt(c['student_reprojection_error'])} | {_fmt(c['valid_fraction'])} |"
         )
+    if "distribution" in report:
+        lines += _distribution_markdown(report["distribution"])
     lines += [
         "",
         "## Images",
@@ -242,3 +341,22 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _distribution_markdown(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Distribution: FID and KID",
+        "",
+        f"{d['samples']} samples per model at in-range poses, against {d['reference_samples']} "
+        f"{d['reference']} (FID Inception pool3 features; KID x 10^3, mean ± std over "
+        "subsets). Few samples bias FID upwards: compare numbers at equal counts only.",
+        "",
+        "| model | FID | KID x 10^3 |",
+        "|---|---|---|",
+    ]
+    for name in ("student", "teacher"):
+        if name in d:
+            k = KID(**d[name]["kid"])
+            lines.append(f"| {name} | {d[name]['fid']:.3f} | {format_kid(k)} |")
+    return lines
