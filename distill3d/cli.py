@@ -665,6 +665,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--plan-dir", type=Path, help="a TensorRT plan folder (needs --onnx-dir)")
     p.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="add a torch.compile row (compiles once per batch size; minutes on CPU)",
+    )
+    p.add_argument(
+        "--no-cuda-graphs", action="store_true", help="leave out the CUDA-graph row on CUDA"
+    )
     p.add_argument("--teacher-max-batch", type=int, default=4, help="cap for the slow teacher")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
@@ -724,6 +732,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if student is not None:
         torch_runners = bench.student_torch_runners(student, device)
         student_flops = torch_runners[0].flops_per_image
+        if device.startswith("cuda") and not args.no_cuda_graphs:
+            torch_runners.append(bench.student_cuda_graph_runner(student, device))
+        if args.compile:
+            torch_runners.append(bench.student_compiled_runner(student, device))
+        for runner in torch_runners:
+            runner.flops_per_image = student_flops
         runners += torch_runners
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = args.onnx_dir

@@ -1,7 +1,7 @@
 """Speed and memory of the volumetric teacher vs the student in each backend, same machine, same run.
 
-For every runner (teacher in PyTorch; student in PyTorch eager, with autocast on CUDA, in ONNX
-Runtime, in TensorRT) and batch size: per-image latency (median and p95 of repeated timed calls
+For every runner (teacher in PyTorch; student in PyTorch eager, with FP16/BF16 autocast and as
+replayed CUDA graphs on CUDA, optionally torch.compile'd, in ONNX Runtime, in TensorRT) and batch size: per-image latency (median and p95 of repeated timed calls
 after warm-up, with device synchronisation), throughput, peak memory (process RSS sampled during
 the calls on CPU; torch peak allocated/reserved and NVML on CUDA), FLOPs per image counted by
 PyTorch's FlopCounterMode on the model itself (so ONNX/TensorRT inherit the student's count), and
@@ -187,6 +187,70 @@ def student_torch_runners(student: Student, device: str) -> list[Runner]:
     return runners
 
 
+def student_compiled_runner(student: Student, device: str) -> Runner:
+    """``torch.compile`` (Inductor) of the student's synthesis, one graph per batch size.
+
+    Compilation happens in the warm-up calls, so the timed calls measure the compiled kernels.
+    On CUDA the compiled graph runs under FP16 autocast, the precision it would be served at.
+    """
+    student = student.to(device).eval()
+    cuda = device.startswith("cuda")
+
+    def synthesis(w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
+        with autocast:
+            return student.synthesis(w, c, noise_mode="const")["image"]
+
+    compiled = torch.compile(synthesis, dynamic=False)
+
+    def prepare(batch: int) -> Callable[[], Any]:
+        w, c = _inputs(student, batch, device)
+        return lambda: compiled(w, c)
+
+    precision = "fp16" if cuda else "fp32"
+    runner = Runner("student torch.compile", "student", "torch-compile", device, precision, prepare)
+    return runner
+
+
+def student_cuda_graph_runner(
+    student: Student, device: str, dtype: torch.dtype = torch.float16
+) -> Runner:
+    """The student under autocast, captured once per batch size as a CUDA graph and replayed.
+
+    Removes the per-kernel launch overhead that dominates small batches. Inputs live in static
+    buffers (a server would copy each request into them); autocast's weight cache is disabled
+    during capture, as CUDA graphs require.
+    """
+    if not device.startswith("cuda"):
+        raise ValueError("CUDA graphs need a CUDA device")
+    student = student.to(device).eval()
+
+    def prepare(batch: int) -> Callable[[], Any]:
+        w, c = _inputs(student, batch, device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.no_grad(), torch.cuda.stream(side):  # warm up allocator and cuDNN plans
+            for _ in range(3):
+                with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
+                    student.synthesis(w, c, noise_mode="const")
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        autocast = torch.autocast("cuda", dtype=dtype, cache_enabled=False)
+        with torch.no_grad(), torch.cuda.graph(graph), autocast:
+            image = student.synthesis(w, c, noise_mode="const")["image"]
+
+        def call() -> torch.Tensor:
+            graph.replay()
+            return image
+
+        return call
+
+    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    return Runner(
+        f"student cudagraph-{precision}", "student", "torch-cudagraph", device, precision, prepare
+    )
+
+
 def student_onnx_runner(export_dir: Path, device: str, flops: float) -> Runner:
     from ..service.backends import OnnxStudent
     from .onnx import sample_inputs
@@ -245,6 +309,10 @@ def measure(
                     times.append(time.perf_counter() - start)
     except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
         row.error = f"out of memory: {str(exc).splitlines()[0][:120]}"
+        return row
+    except RuntimeError as exc:  # e.g. a capture or compile failure: report it, measure the rest
+        log.exception("%s at batch %d failed", runner.name, batch)
+        row.error = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
         return row
     per_image = np.array(times) / batch
     row.ms_per_image_median = round(float(np.median(per_image)) * 1000, 3)

@@ -75,3 +75,41 @@ def test_bench_checkpoints_and_teacher_cap(tiny_generator, tmp_path, capsys):
 def test_bench_bad_arguments(extra, needle, capsys):
     assert main(["bench", "--device", "cpu", *extra]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_compiled_student_row_matches_eager(tiny_generator):
+    from distill3d.export.bench import (
+        _inputs,
+        measure,
+        student_compiled_runner,
+        student_cuda_graph_runner,
+    )
+    from distill3d.models.student import student_from_teacher, student_preset
+
+    student = student_from_teacher(tiny_generator, student_preset("tiny")).eval()
+    runner = student_compiled_runner(student, "cpu")
+    assert (runner.backend, runner.precision) == ("torch-compile", "fp32")
+    with torch.no_grad():
+        compiled = runner.prepare(2)()
+        w, c = _inputs(student, 2, "cpu")
+        eager = student.synthesis(w, c, noise_mode="const")["image"]
+    assert torch.allclose(compiled, eager, atol=1e-4)
+    row = measure(runner, 2, warmup=1, repeats=2)
+    assert row.error is None and row.ms_per_image_median > 0
+    with pytest.raises(ValueError, match="CUDA"):
+        student_cuda_graph_runner(student, "cpu")
+
+
+def test_a_failing_runner_is_reported_and_the_bench_goes_on():
+    from distill3d.export.bench import Runner, run_bench
+
+    def broken(batch: int):
+        raise RuntimeError("capture failed: operation not permitted when stream is capturing")
+
+    ok = Runner("ok", "student", "torch", "cpu", "fp32", lambda b: lambda: torch.zeros(b))
+    bad = Runner("bad", "student", "torch-cudagraph", "cpu", "fp16", broken)
+    report = run_bench([bad, ok], [1, 2], "cpu", warmup=0, repeats=1)
+    rows = [(r.runner, r.batch, r.error) for r in report.rows]
+    assert rows[0][:2] == ("bad", 1) and "capture failed" in rows[0][2]
+    assert [(r, b) for r, b, e in rows[1:]] == [("ok", 1), ("ok", 2)]  # bad stopped after 1
+    assert all(e is None for _, _, e in rows[1:])
