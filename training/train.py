@@ -249,21 +249,29 @@ def load_lpips_for(config: TrainConfig, device: torch.device) -> nn.Module | Non
 
 
 def save_train_state(run_dir: Path, state: dict[str, Any]) -> None:
-    """Write ``train_state/`` atomically: assemble a temporary folder, then swap it in."""
+    """Write the student run's ``train_state/`` (student, EMA, discriminator, optimizers)."""
+    modules = {name: state.get(name) for name in ("student", "ema", "discriminator")}
+    save_state_folder(run_dir, modules, state["optimizers"], state["step"])
+
+
+def save_state_folder(
+    run_dir: Path,
+    modules: dict[str, nn.Module | None],
+    optimizers: dict[str, Any],
+    step: int,
+) -> None:
+    """Write ``train_state/`` atomically: one safetensors file per module, the optimizers'
+    states and the step, assembled in a temporary folder and swapped in."""
     final = run_dir / STATE_DIR
     tmp = run_dir / f".{STATE_DIR}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        for name, module in (
-            ("student", state["student"]),
-            ("ema", state["ema"]),
-            ("discriminator", state.get("discriminator")),
-        ):
+        for name, module in modules.items():
             if module is not None:
                 tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
                 save_file(tensors, str(tmp / f"{name}.safetensors"))
-        torch.save(state["optimizers"], tmp / OPTIM_NAME)
-        (tmp / PROGRESS_NAME).write_text(json.dumps({"step": state["step"]}) + "\n")
+        torch.save(optimizers, tmp / OPTIM_NAME)
+        (tmp / PROGRESS_NAME).write_text(json.dumps({"step": step}) + "\n")
         if final.exists():
             old = run_dir / f".{STATE_DIR}.old-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
@@ -284,12 +292,23 @@ def load_train_state(
     optimizers: dict[str, torch.optim.Optimizer],
 ) -> int:
     """Restore everything ``save_train_state`` wrote; returns the step to continue from."""
+    modules = {"student": student, "ema": ema, "discriminator": discriminator}
+    return load_state_folder(run_dir, modules, optimizers)
+
+
+def load_state_folder(
+    run_dir: Path,
+    modules: dict[str, nn.Module | None],
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> int:
+    """Restore what ``save_state_folder`` wrote into ``modules`` and ``optimizers`` (strictly);
+    returns the step to continue from."""
     folder = run_dir / STATE_DIR
     if not (folder / PROGRESS_NAME).is_file():
         raise CheckpointError(
             f"{run_dir} has no complete {STATE_DIR}/ to resume from; start a new run instead"
         )
-    for name, module in (("student", student), ("ema", ema), ("discriminator", discriminator)):
+    for name, module in modules.items():
         if module is not None:
             module.load_state_dict(load_file(str(folder / f"{name}.safetensors")), strict=True)
     saved = torch.load(folder / OPTIM_NAME, map_location="cpu", weights_only=True)

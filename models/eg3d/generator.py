@@ -105,7 +105,8 @@ class TriPlaneGenerator(nn.Module):
 
         Returns ``image`` [N, 3, R, R] (not clamped, nominally [-1, 1]), ``image_raw`` [N, 3, r, r],
         ``feature`` [N, 32, r, r] (the rendered feature image, its first 3 channels are image_raw),
-        ``image_depth`` [N, 1, r, r] (distance along the unit ray direction).
+        ``image_depth`` [N, 1, r, r] (distance along the unit ray direction), ``image_alpha``
+        [N, 1, r, r] (accumulated opacity: 0 where a ray sees only background).
         ``rng`` makes the stochastic parts reproducible (backbone noise in 'random' mode, ray
         jitter, importance samples); ``planes`` skips the backbone.
         """
@@ -124,7 +125,7 @@ class TriPlaneGenerator(nn.Module):
         if planes is None:
             planes = self.synthesize_planes(ws, noise_mode, fused_modconv, rng)
         with torch.autograd.profiler.record_function("eg3d.render"):
-            features, depth, _ = self.renderer(
+            features, depth, alpha = self.renderer(
                 planes,
                 self.decoder,
                 origins,
@@ -139,6 +140,7 @@ class TriPlaneGenerator(nn.Module):
         )
         feature_image = feature_image.contiguous()
         depth_image = depth.permute(0, 2, 1).reshape(n, 1, resolution, resolution)
+        alpha_image = alpha.permute(0, 2, 1).reshape(n, 1, resolution, resolution)
         rgb_image = feature_image[:, :3]
         with torch.autograd.profiler.record_function("eg3d.superresolution"):
             image = self.superresolution(
@@ -153,6 +155,7 @@ class TriPlaneGenerator(nn.Module):
             "image": image,
             "image_raw": rgb_image,
             "image_depth": depth_image,
+            "image_alpha": alpha_image,
             "feature": feature_image,
         }
 

@@ -13,6 +13,11 @@ from .config import EG3DConfig, RenderingConfig, SuperResolutionConfig
 
 FFHQ_RENDERING = RenderingConfig()  # the defaults are FFHQ's
 
+# The demo world (training/scenes.py): its latent size and its cameras.
+DEMO_Z_DIM = 20
+DEMO_CAMERA_RADIUS = 2.7
+DEMO_FOCAL = 2.4  # normalised focal length: the frame spans ~1.1 world units at the pivot
+
 
 def _ffhq512() -> EG3DConfig:
     return EG3DConfig()
@@ -67,11 +72,44 @@ def _tiny() -> EG3DConfig:
     )
 
 
+def _demo() -> EG3DConfig:
+    """The demo world's teacher (``training/demo.py``): 128 px from a 32 px neural rendering,
+    about 2.5 M parameters, trainable on a CPU in hours. The mapping ignores the camera
+    (a scene does not depend on where it is seen from), like ShapeNet's."""
+    return EG3DConfig(
+        z_dim=DEMO_Z_DIM,
+        w_dim=128,
+        img_resolution=128,
+        mapping_layers=2,
+        channel_base=4096,
+        channel_max=128,
+        plane_resolution=64,
+        plane_channels=16,
+        decoder_hidden=32,
+        feature_channels=16,
+        neural_rendering_resolution=32,
+        superresolution=SuperResolutionConfig(
+            "custom", 32, (48, 24), (True, True), use_fp16=False, conv_clamp=None
+        ),
+        rendering=RenderingConfig(
+            ray_start=2.05,
+            ray_end=3.35,
+            depth_resolution=24,
+            depth_resolution_importance=24,
+            c_gen_conditioning_zero=True,
+            avg_camera_radius=DEMO_CAMERA_RADIUS,
+            avg_camera_pivot=(0.0, 0.0, 0.0),
+            focal_length=DEMO_FOCAL,
+        ),
+    )
+
+
 PRESETS = {
     "ffhq512": _ffhq512,
     "afhq512": _afhq512,
     "shapenet128": _shapenet128,
     "tiny": _tiny,
+    "demo": _demo,
 }
 
 
