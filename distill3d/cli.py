@@ -961,7 +961,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     scenes_p = what.add_parser("scenes", help="render ground-truth scenes of seeds as a grid")
     scenes_p.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 1,5,9")
-    scenes_p.add_argument("--yaws", default="-60,-30,0,30,60", help="degrees, comma-separated")
+    scenes_p.add_argument(
+        "--yaws", default="-60,-30,0,30,60", help="degrees, comma-separated (--yaws=-30,30)"
+    )
     scenes_p.add_argument("--pitch", type=float, default=10.0)
     scenes_p.add_argument("--resolution", type=int, default=128)
     scenes_p.add_argument("--out", required=True, type=Path, help="PNG to write")

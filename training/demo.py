@@ -36,6 +36,7 @@ from ..models.errors import ConfigError
 from ..models.images import batch_to_uint8, save_image
 from ..models.load import init_generator
 from ..models.metrics import psnr
+from ..models.rng import generator_for
 from .scenes import SCENE_DIM, build_scenes, render_scenes, sample_z, scene_camera
 from .train import STATE_DIR, load_state_folder, save_state_folder
 
@@ -109,9 +110,14 @@ def learning_rate(config: DemoTeacherConfig, step: int) -> float:
 
 
 def losses(
-    teacher: TriPlaneGenerator, z: torch.Tensor, yaw: list[float], pitch: list[float]
+    teacher: TriPlaneGenerator,
+    z: torch.Tensor,
+    yaw: list[float],
+    pitch: list[float],
+    rng: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The reconstruction terms for one batch (unweighted)."""
+    """The reconstruction terms for one batch (unweighted); ``rng`` drives the ray jitter and
+    importance samples (a step's own generator keeps resumed runs exact)."""
     device = next(teacher.parameters()).device
     camera = scene_camera(yaw, pitch)
     raw_res = teacher.config.neural_rendering_resolution
@@ -122,7 +128,7 @@ def losses(
     image_lr = F.avg_pool2d(truth.image, factor).to(device)
     coverage = F.avg_pool2d(truth.mask, factor).to(device)
     c = camera.to_label().to(device)
-    out = teacher.synthesis(teacher.mapping(z.to(device), c), c, noise_mode="const")
+    out = teacher.synthesis(teacher.mapping(z.to(device), c), c, noise_mode="const", rng=rng)
     solid = (coverage > 0.999) & torch.isfinite(truth_lr.depth.to(device))
     depth_error = (out["image_depth"] - truth_lr.depth.to(device).nan_to_num(posinf=0)).abs()
     return {
@@ -234,7 +240,8 @@ def train_demo_teacher(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step)
             z, yaw, pitch = step_batch(config, step)
-            terms = losses(teacher, z, yaw, pitch)
+            rng = generator_for(2**31 + config.seed * 1_000_003 + step, device)
+            terms = losses(teacher, z, yaw, pitch, rng)
             total = (
                 terms["image"]
                 + config.raw_weight * terms["raw"]
