@@ -1017,6 +1017,29 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     bias_p.add_argument("--json", type=Path, help="write the measurements as JSON")
     bias_p.set_defaults(func=cmd_demo_bias)
 
+    report_p = what.add_parser(
+        "report",
+        help="ground truth vs teacher vs student: fidelity, 3D consistency, speed, pose bias",
+    )
+    report_p.add_argument("--teacher", default="default", help="'default' or a checkpoint folder")
+    report_p.add_argument(
+        "--student", default="default-student", help="'default-student' or a checkpoint folder"
+    )
+    report_p.add_argument("--out", required=True, type=Path, help="report folder")
+    report_p.add_argument(
+        "--bias",
+        action="append",
+        default=[],
+        metavar="NAME=STUDENT",
+        help="add a student's pose bias to the report (repeatable)",
+    )
+    report_p.add_argument("--scenes", type=int, default=16)
+    report_p.add_argument("--yaws", default="-50,-25,0,25,50", help="--yaws=-50,0,50")
+    report_p.add_argument("--turntable-frames", type=int, default=36)
+    report_p.add_argument("--speed-repeats", type=int, default=5)
+    report_p.add_argument("--bias-samples", type=int, default=64)
+    report_p.set_defaults(func=cmd_demo_report)
+
 
 def _int_list(text: str, flag: str) -> list[int]:
     """``0-7`` or ``1,5,9`` (or a mix) as integers."""
@@ -1107,6 +1130,43 @@ def cmd_demo_bias(args: argparse.Namespace) -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def cmd_demo_report(args: argparse.Namespace) -> None:
+    from .training.demo_report import DemoReportConfig, demo_report
+
+    teacher = _load_teacher(args.teacher, "--teacher")
+    student = _load_student(args.student, "--student", command="demo report")
+    bias = {}
+    for item in args.bias:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise ConfigError(f"--bias takes NAME=STUDENT, got {item!r}")
+        bias[name] = _load_student(spec, "--bias", command="demo report")
+    try:
+        yaws = tuple(float(v) for v in args.yaws.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--yaws takes comma-separated degrees, got {args.yaws!r}") from None
+    if args.scenes < 1 or not yaws or args.turntable_frames < 2 or args.speed_repeats < 1:
+        raise ConfigError(
+            "need --scenes >= 1, at least one yaw, --turntable-frames >= 2, --speed-repeats >= 1"
+        )
+    config = DemoReportConfig(
+        scenes=args.scenes,
+        yaws=yaws,
+        grid_scenes=min(4, args.scenes),
+        turntable_frames=args.turntable_frames,
+        speed_repeats=args.speed_repeats,
+        bias_samples=args.bias_samples,
+    )
+    report = demo_report(teacher, student, args.out, config, bias)
+    f, r = report["fidelity"], report["reprojection_error"]
+    print(
+        f"teacher vs ground truth {f['teacher_psnr']:.2f} dB; student vs teacher "
+        f"{f['student_psnr']:.2f} dB; reprojection GT {r['ground_truth']:.4f}, teacher "
+        f"{r['teacher']:.4f}, student {r['student']:.4f}"
+    )
+    print(f"report: {args.out / 'report.md'}")
 
 
 def _export_error() -> type[Exception]:

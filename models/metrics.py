@@ -85,7 +85,7 @@ def reprojection_error(
     """How well view B agrees with view A once A is moved into B's camera.
 
     ``image_*`` [N, 3, H, W] in [-1, 1]; ``depth_*`` [N, 1, h, w] ray distances (upsampled to the
-    image size). A pixel counts when it lands inside B and its distance from B's camera is within
+    image size; ``inf`` where a ray hits nothing, as the demo world's ground truth has). A pixel counts when it lands inside B and its distance from B's camera is within
     ``occlusion_tolerance`` (relative) of B's depth there. A view pair that is consistent by
     construction scores near 0; a student whose views drift apart scores higher than its teacher.
     """
@@ -106,9 +106,10 @@ def reprojection_error(
     distance = (points - cam_b.origin[:, None, :]).norm(dim=-1)
     inside = ((uv > 0) & (uv < 1)).all(-1) & (uvz[..., 2] > 0)
     visible = (distance - b_depth).abs() <= occlusion_tolerance * b_depth
-    valid = (inside & visible).reshape(n, 1, size, size).float()
-    diff = (seen - _unit(image_a)).abs().mean(1, keepdim=True) * valid
-    count = valid.flatten(1).sum(1)
+    valid = (inside & visible).reshape(n, 1, size, size)
+    diff = (seen - _unit(image_a)).abs().mean(1, keepdim=True)
+    diff = torch.where(valid, diff, 0.0)  # not a product: an infinite depth makes NaN there
+    count = valid.flatten(1).sum(1).float()
     error = diff.flatten(1).sum(1) / count.clamp_min(1)
     error = torch.where(count > 0, error, torch.full_like(error, float("nan")))
     return Reprojection(error, count / (size * size))

@@ -247,16 +247,20 @@ DEFAULT_POSE_RANGE = {"yaw_deg": 75.0, "pitch_deg": 30.0}
 
 
 def student_preset(name: str, **overrides: Any) -> StudentConfig:
-    """The student mirroring a teacher preset (``ffhq512``, ``afhq512``, ``shapenet128``, ``tiny``).
+    """The student mirroring a teacher preset (``ffhq512``, ``afhq512``, ``shapenet128``, ``tiny``,
+    ``demo``).
 
     The 512 px students use StyleGAN2's widths up to 128 px and the teacher's SR (the paper's
-    ST2); ``tiny`` matches the tiny teacher for tests. ``overrides`` replace fields by name.
+    ST2); ``tiny`` matches the tiny teacher for tests and ``demo`` the demo world's teacher.
+    ``overrides`` replace fields by name.
     """
     from .eg3d.presets import preset
 
     teacher = preset(name)
     if name == "tiny":
         base = StudentConfig(teacher=teacher, mapping_layers=2, channel_base=512, channel_max=32)
+    elif name == "demo":  # the demo teacher's backbone widths: ~1.5 M parameters of S2D
+        base = StudentConfig(teacher=teacher, channel_base=4096, channel_max=128)
     else:
         base = StudentConfig(teacher=teacher)
     return base.replace(**overrides) if overrides else base

@@ -57,6 +57,7 @@ class DemoTeacherConfig:
     yaw_deg: float = 75.0  # cameras uniform in +-yaw_deg, +-pitch_deg
     pitch_deg: float = 30.0
     ema_beta: float = 0.998
+    grad_clip: float = 10.0  # global gradient norm; a non-finite one skips the step
     raw_weight: float = 1.0
     alpha_weight: float = 0.5
     depth_weight: float = 1.0
@@ -135,7 +136,7 @@ def losses(
         "image": (out["image"] - truth.image.to(device)).abs().mean(),
         "raw": (out["image_raw"] - image_lr).abs().mean(),
         "alpha": (out["image_alpha"] - coverage).abs().mean(),
-        "depth": (depth_error * solid).sum() / solid.sum().clamp(min=1),
+        "depth": torch.where(solid, depth_error, 0.0).sum() / solid.sum().clamp(min=1),
     }
 
 
@@ -234,6 +235,7 @@ def train_demo_teacher(
         total=config.steps, initial=start, unit="step", desc="demo teacher", disable=not progress
     )
     began = time.perf_counter()
+    skipped = 0
     step = start
     try:
         for step in range(start, end):
@@ -250,13 +252,19 @@ def train_demo_teacher(
             )
             optimizer.zero_grad(set_to_none=True)
             total.backward()
-            optimizer.step()
+            grad_norm = torch.nn.utils.clip_grad_norm_(teacher.parameters(), config.grad_clip)
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+            else:  # never let one bad batch poison the weights; counted in the log
+                skipped += 1
             _update_ema(ema, teacher, config.ema_beta if step >= config.warmup_steps else 0.0)
             bar.update(1)
             done = step + 1
             if done % config.log_every == 0:
                 record = {"step": done, "lr": round(learning_rate(config, step), 6)}
                 record |= {f"loss/{k}": round(float(v.detach()), 5) for k, v in terms.items()}
+                record["grad_norm"] = round(float(grad_norm), 4)
+                record["skipped_steps"] = skipped
                 record["seconds"] = round(time.perf_counter() - began, 1)
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()

@@ -118,3 +118,11 @@ def preset(name: str) -> EG3DConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
+
+
+def matching_preset(config: EG3DConfig) -> str | None:
+    """The name of the preset whose architecture ``config`` is, if any."""
+    for name, make in PRESETS.items():
+        if make() == config:
+            return name
+    return None

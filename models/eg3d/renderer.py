@@ -170,7 +170,13 @@ def march_rays(
 
     composite_rgb = torch.sum(weights * colors_mid, -2)
     weight_total = weights.sum(2)
-    composite_depth = torch.sum(weights * depths_mid, -2) / weight_total
+    # Upstream divides by weight_total as is: an empty ray gives NaN, turned into +inf and then
+    # clamped to the far bound. Same values here, but the division only sees non-negligible
+    # totals, so the backward pass (training with a depth loss) never meets 0/0 or x/denormal.
+    occupied = weight_total > 1e-20
+    safe_total = torch.where(occupied, weight_total, torch.ones_like(weight_total))
+    composite_depth = torch.sum(weights * depths_mid, -2) / safe_total
+    composite_depth = torch.where(occupied, composite_depth, float("inf"))
     composite_depth = torch.nan_to_num(composite_depth, float("inf"))
     # Per-sample bounds (upstream uses the whole batch's; identical at batch size 1).
     lo = depths.flatten(1).amin(dim=1).reshape(-1, 1, 1)

@@ -1,0 +1,243 @@
+"""``distill3d demo report``: the demo world's numbers and pictures, from ground truth up.
+
+Held-out scenes (their own seed stream) are rendered by the ray tracer (ground truth), the teacher
+and the student at poses across the training range, and the report gives:
+
+- fidelity of the teacher to ground truth (PSNR, SSIM, depth error) and of the student to the
+  teacher (and to ground truth);
+- 3D consistency: the reprojection error (``models.metrics.reprojection_error``) of each, every
+  view warped into one ``pair_offset_deg`` further in yaw with depth (ground truth's exact depth
+  for ground truth, the teacher's for both networks);
+- speed of the student vs the teacher on the machine it runs on (batch 1, median);
+- optionally the pose bias of stage-2 students (``demo_data.green_shift``);
+- ``samples.png`` (rows: ground truth, teacher, student per scene; columns: yaws) and
+  ``turntable.gif`` (the three side by side).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..models.camera import Camera
+from ..models.eg3d.generator import TriPlaneGenerator
+from ..models.images import batch_to_uint8, save_image
+from ..models.metrics import psnr, reprojection_error, ssim
+from ..models.rng import generator_for
+from ..models.student import Student
+from .demo_data import green_shift
+from .scenes import build_scenes, render_scenes, sample_z, scene_camera
+
+REPORT_SEED = 20_000_003  # held-out scenes: neither a training step's nor the eval's stream
+
+
+@dataclass(frozen=True)
+class DemoReportConfig:
+    scenes: int = 16
+    yaws: tuple[float, ...] = (-50.0, -25.0, 0.0, 25.0, 50.0)
+    pitch_deg: float = 10.0
+    pair_offset_deg: float = 10.0
+    grid_scenes: int = 4
+    turntable_frames: int = 36
+    speed_repeats: int = 5
+    bias_samples: int = 64
+
+
+@dataclass
+class Views:
+    image: torch.Tensor  # [N, 3, R, R]
+    depth: torch.Tensor  # [N, 1, r, r]
+
+
+@torch.no_grad()
+def _views(
+    teacher: TriPlaneGenerator, student: Student, z: torch.Tensor, camera: Camera
+) -> dict[str, Views]:
+    device = next(teacher.parameters()).device
+    n = len(z)
+    res, raw = teacher.config.img_resolution, teacher.config.neural_rendering_resolution
+    scenes = build_scenes(z)
+    truth = render_scenes(scenes, camera, res, supersample=2)
+    truth_depth = render_scenes(scenes, camera, raw, supersample=1).depth
+    frontal = scene_camera([0.0] * n, [0.0] * n).to_label().to(device)
+    ws = teacher.mapping(z.to(device), frontal)
+    c = camera.to_label().to(device)
+    rng = [generator_for(i, device) for i in range(n)]
+    t = teacher.synthesis(ws, c, noise_mode="const", rng=rng)
+    s = student.synthesis(ws[:, 0], c, noise_mode="const")
+    return {
+        "ground_truth": Views(truth.image, truth_depth),
+        "teacher": Views(t["image"].float().cpu(), t["image_depth"].float().cpu()),
+        "student": Views(s["image"].float().cpu(), t["image_depth"].float().cpu()),
+    }
+
+
+def _mean(values: torch.Tensor) -> float:
+    v = values[torch.isfinite(values)]
+    return round(float(v.mean()), 4) if len(v) else float("nan")
+
+
+def demo_report(
+    teacher: TriPlaneGenerator,
+    student: Student,
+    out_dir: str | os.PathLike[str],
+    config: DemoReportConfig | None = None,
+    bias_students: dict[str, Student] | None = None,
+) -> dict[str, Any]:
+    """Measure and write ``report.md``, ``report.json``, ``samples.png`` and ``turntable.gif``."""
+    config = config or DemoReportConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher.eval()
+    student.eval()
+    z = sample_z(REPORT_SEED, config.scenes)
+    fidelity: dict[str, list[torch.Tensor]] = {
+        k: []
+        for k in (
+            "teacher_psnr",
+            "teacher_ssim",
+            "teacher_depth",
+            "student_psnr",
+            "student_ssim",
+            "student_gt_psnr",
+        )
+    }
+    consistency: dict[str, list[torch.Tensor]] = {"ground_truth": [], "teacher": [], "student": []}
+    grid_rows: list[list[torch.Tensor]] = [[] for _ in range(3 * config.grid_scenes)]
+    k = config.grid_scenes
+    for yaw in config.yaws:
+        n = config.scenes
+        cam_a = scene_camera([yaw] * n, [config.pitch_deg] * n)
+        toward = -1.0 if yaw > 0 else 1.0
+        cam_b = scene_camera([yaw + toward * config.pair_offset_deg] * n, [config.pitch_deg] * n)
+        a, b = _views(teacher, student, z, cam_a), _views(teacher, student, z, cam_b)
+        gt, t, s = a["ground_truth"], a["teacher"], a["student"]
+        fidelity["teacher_psnr"].append(psnr(t.image, gt.image))
+        fidelity["teacher_ssim"].append(ssim(t.image, gt.image))
+        solid = torch.isfinite(gt.depth)
+        depth_err = ((t.depth - gt.depth.nan_to_num(posinf=0)).abs() * solid).flatten(1).sum(1)
+        fidelity["teacher_depth"].append(depth_err / solid.flatten(1).sum(1).clamp(min=1))
+        fidelity["student_psnr"].append(psnr(s.image, t.image))
+        fidelity["student_ssim"].append(ssim(s.image, t.image))
+        fidelity["student_gt_psnr"].append(psnr(s.image, gt.image))
+        for name in consistency:
+            va, vb = a[name], b[name]
+            r = reprojection_error(va.image, va.depth, cam_a, vb.image, vb.depth, cam_b)
+            consistency[name].append(r.error)
+        for i in range(k):
+            for j, name in enumerate(("ground_truth", "teacher", "student")):
+                grid_rows[3 * i + j].append(a[name].image[i])
+    grid = torch.cat([torch.cat(row, dim=2) for row in grid_rows], dim=1)
+    save_image(batch_to_uint8(grid[None])[0], out / "samples.png")
+    _turntable(teacher, student, z[:1], config, out / "turntable.gif")
+    report: dict[str, Any] = {
+        "config": asdict(config),
+        "fidelity": {key: _mean(torch.cat(v)) for key, v in fidelity.items()},
+        "reprojection_error": {key: _mean(torch.cat(v)) for key, v in consistency.items()},
+        "speed_ms_per_image": _speed(teacher, student, config.speed_repeats),
+        "parameters": {
+            "teacher": sum(p.numel() for p in teacher.parameters()),
+            "student": sum(p.numel() for p in student.parameters()),
+        },
+    }
+    if bias_students:
+        report["bias"] = {
+            name: green_shift(model, teacher, config.bias_samples)
+            for name, model in bias_students.items()
+        }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    return report
+
+
+def _speed(teacher: TriPlaneGenerator, student: Student, repeats: int) -> dict[str, float]:
+    from ..export.bench import measure, student_torch_runners, teacher_runner
+
+    device = str(next(teacher.parameters()).device)
+    rows = {
+        "teacher": measure(teacher_runner(teacher, device), 1, warmup=1, repeats=repeats),
+        "student": measure(student_torch_runners(student, device)[0], 1, 1, repeats),
+    }
+    return {name: float(row.ms_per_image_median or float("nan")) for name, row in rows.items()}
+
+
+@torch.no_grad()
+def _turntable(
+    teacher: TriPlaneGenerator,
+    student: Student,
+    z: torch.Tensor,
+    config: DemoReportConfig,
+    path: Path,
+) -> None:
+    from ..service.video import encode_video
+
+    frames = []
+    t = np.arange(config.turntable_frames) / config.turntable_frames
+    yaws = (60 * np.sin(2 * np.pi * t)).tolist()
+    pitches = (config.pitch_deg * np.cos(2 * np.pi * t)).tolist()
+    for yaw, pitch in zip(yaws, pitches, strict=True):
+        views = _views(teacher, student, z, scene_camera([yaw], [pitch]))
+        frames.append(torch.cat([views[k].image for k in views], dim=3))
+    path.write_bytes(encode_video(batch_to_uint8(torch.cat(frames)), fps=12, fmt="gif"))
+
+
+def markdown(report: dict[str, Any]) -> str:
+    cfg, f, r = report["config"], report["fidelity"], report["reprojection_error"]
+    speed, params = report["speed_ms_per_image"], report["parameters"]
+    yaws = ", ".join(f"{y:g}" for y in cfg["yaws"])
+    lines = [
+        "# Demo world: ground truth, teacher, student",
+        "",
+        f"{cfg['scenes']} held-out scenes at yaw {yaws} degrees, pitch {cfg['pitch_deg']:g}.",
+        "",
+        "| | PSNR (dB) | SSIM | depth error (world units) |",
+        "|---|---|---|---|",
+        f"| teacher vs ground truth | {f['teacher_psnr']:.2f} | {f['teacher_ssim']:.4f} | "
+        f"{f['teacher_depth']:.4f} |",
+        f"| student vs teacher | {f['student_psnr']:.2f} | {f['student_ssim']:.4f} | |",
+        f"| student vs ground truth | {f['student_gt_psnr']:.2f} | | |",
+        "",
+        f"3D consistency: reprojection error into a view {cfg['pair_offset_deg']:g} degrees of "
+        "yaw away (mean absolute colour error, [0, 1] scale; lower is more consistent):",
+        "",
+        "| ground truth | teacher | student |",
+        "|---|---|---|",
+        f"| {r['ground_truth']:.4f} | {r['teacher']:.4f} | {r['student']:.4f} |",
+        "",
+        "Speed on this machine (batch 1, median):",
+        "",
+        "| | ms / image | parameters |",
+        "|---|---|---|",
+        f"| teacher (volumetric) | {speed['teacher']:.1f} | {params['teacher']:,} |",
+        f"| student (convolutional) | {speed['student']:.1f} | {params['student']:,} |",
+        "",
+    ]
+    if "bias" in report:
+        lines += [
+            "Pose bias: how much greener a student draws views at |yaw| "
+            f"{next(iter(report['bias'].values()))['large_yaw_deg']:g} than frontal ones, "
+            "beyond its teacher (0 = none):",
+            "",
+            "| student | green shift | ± s.e. |",
+            "|---|---|---|",
+        ]
+        for name, b in report["bias"].items():
+            lines.append(f"| {name} | {b['green_shift']:+.4f} | {b['green_shift_std_error']:.4f} |")
+        lines.append("")
+    lines += [
+        "![samples](samples.png)",
+        "",
+        "Rows per scene: ground truth, teacher, student.",
+        "",
+        "![turntable](turntable.gif)",
+        "",
+        "Turntable: ground truth, teacher, student.",
+        "",
+    ]
+    return "\n".join(lines)
