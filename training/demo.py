@@ -58,6 +58,9 @@ class DemoTeacherConfig:
     pitch_deg: float = 30.0
     ema_beta: float = 0.998
     grad_clip: float = 10.0  # global gradient norm; a non-finite one skips the step
+    # StyleGAN's mapping learns at 1/100 of the rate (lr_multiplier 0.01), right for a GAN but
+    # far too slow when z must be decoded into a scene; this restores a full rate for it.
+    mapping_lr_scale: float = 100.0
     raw_weight: float = 1.0
     alpha_weight: float = 0.5
     depth_weight: float = 1.0
@@ -71,6 +74,8 @@ class DemoTeacherConfig:
             raise ConfigError("steps, batch_size and eval_scenes must be at least 1")
         if not 0 < self.pitch_deg < 90 or not 0 < self.yaw_deg <= 180:
             raise ConfigError("need 0 < pitch_deg < 90 and 0 < yaw_deg <= 180")
+        if self.mapping_lr_scale <= 0:
+            raise ConfigError("mapping_lr_scale must be positive")
         if not 0 <= self.ema_beta < 1:
             raise ConfigError("ema_beta must be in [0, 1)")
         for name in ("log_every", "checkpoint_every", "eval_every"):
@@ -212,7 +217,10 @@ def train_demo_teacher(
     config_path = out / CONFIG_NAME
     teacher = init_generator("demo", seed=config.seed).to(device).train().requires_grad_(True)
     ema = copy.deepcopy(teacher).eval().requires_grad_(False)
-    optimizer = torch.optim.Adam(teacher.parameters(), lr=config.lr, betas=(0.9, 0.99))
+    mapping = [p for n, p in teacher.named_parameters() if n.startswith("backbone.mapping.")]
+    rest = [p for n, p in teacher.named_parameters() if not n.startswith("backbone.mapping.")]
+    groups = [{"params": rest, "scale": 1.0}, {"params": mapping, "scale": config.mapping_lr_scale}]
+    optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.99))
     start = 0
     if (out / STATE_DIR).exists():
         if not config_path.is_file():
@@ -240,7 +248,7 @@ def train_demo_teacher(
     try:
         for step in range(start, end):
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step)
+                group["lr"] = learning_rate(config, step) * group["scale"]
             z, yaw, pitch = step_batch(config, step)
             rng = generator_for(2**31 + config.seed * 1_000_003 + step, device)
             terms = losses(teacher, z, yaw, pitch, rng)

@@ -39,11 +39,11 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert learning_rate(config, 99) == pytest.approx(0.1, abs=1e-3)
 
 
-def test_losses_are_small_for_a_perfect_match_direction():
+def test_losses_are_positive_finite_and_differentiable():
     teacher = init_generator("demo", seed=0).train().requires_grad_(True)
     terms = losses(teacher, *step_batch(DemoTeacherConfig(**SMALL), 0))
     assert set(terms) == {"image", "raw", "alpha", "depth"}
-    assert all(float(v) > 0 and torch.isfinite(v) for v in terms.values())
+    assert all(float(v.detach()) > 0 and torch.isfinite(v) for v in terms.values())
     sum(terms.values()).backward()
     grads = [p.grad for p in teacher.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
