@@ -976,7 +976,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "and depth L1). Deterministic for --seed; run the same command again to resume.",
     )
     teacher_p.add_argument("--out", required=True, type=Path, help="run folder")
-    teacher_p.add_argument("--steps", type=int, default=12000)
+    teacher_p.add_argument("--steps", type=int, default=15000)
     teacher_p.add_argument("--batch-size", type=int, default=8)
     teacher_p.add_argument("--lr", type=float, default=2e-3)
     teacher_p.add_argument("--seed", type=int, default=0)

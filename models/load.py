@@ -1,5 +1,5 @@
-"""One entry point for every way of naming a model: ``default``, our checkpoint folder, or an
-official EG3D ``.pkl``."""
+"""One entry point for every way of naming a model: ``default`` / ``default-student`` (the demo
+world's models shipped inside the package), our checkpoint folder, or an official EG3D ``.pkl``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ from .eg3d.presets import preset
 from .errors import CheckpointError
 
 DEFAULT_MODEL = "default"
+DEFAULT_STUDENT = "default-student"
+# The demo world's models (training/demo.py, docs/MODEL_CARD.md), installed with the package.
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
+DEMO_TEACHER = SHIPPED_WEIGHTS / "demo-teacher"
+DEMO_STUDENT = SHIPPED_WEIGHTS / "demo-student"
 
 
 def init_generator(preset_name: str, seed: int) -> TriPlaneGenerator:
@@ -30,12 +35,30 @@ def init_generator(preset_name: str, seed: int) -> TriPlaneGenerator:
 
 
 def default_model() -> TriPlaneGenerator:
-    """The embedded default: the ``tiny`` architecture with seed-0 random weights.
+    """The embedded default teacher: the demo world's EG3D teacher shipped with the package.
 
-    It needs no file and no download, so a fresh install can render and serve at once. It draws
-    abstract shapes, not objects: the trained demo models will replace it.
+    It needs no file and no download, so a fresh install renders recognisable 3D figures at once.
     """
-    return init_generator("tiny", seed=0)
+    return _shipped(DEMO_TEACHER, DEFAULT_MODEL)  # type: ignore[return-value]
+
+
+def default_student() -> nn.Module:
+    """The embedded default student, distilled from :func:`default_model`."""
+    return _shipped(DEMO_STUDENT, DEFAULT_STUDENT)
+
+
+def shipped_path(spec: str | os.PathLike[str]) -> Path | None:
+    """The folder of a shipped model's name (``default``, ``default-student``), else None."""
+    return {DEFAULT_MODEL: DEMO_TEACHER, DEFAULT_STUDENT: DEMO_STUDENT}.get(str(spec))
+
+
+def _shipped(folder: Path, name: str) -> nn.Module:
+    if not (folder / CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"the shipped model {name!r} is missing from this installation ({folder}); "
+            "reinstall distill3d, or pass a checkpoint folder instead"
+        )
+    return load_checkpoint(folder)
 
 
 def load_model(
@@ -49,6 +72,8 @@ def load_model(
     """
     if str(spec) == DEFAULT_MODEL:
         return default_model().to(device)
+    if str(spec) == DEFAULT_STUDENT:
+        return default_student().to(device)
     path = Path(spec)
     if path.is_dir():
         return load_checkpoint(path, device)
@@ -59,7 +84,8 @@ def load_model(
         return generator_from_official(load_official_pickle(path), plane_order).to(device)
     if not path.exists():
         raise CheckpointError(
-            f"model {str(spec)!r} not found; pass 'default', a checkpoint folder (with {CONFIG_NAME}) "
+            f"model {str(spec)!r} not found; pass 'default', 'default-student', a checkpoint "
+            f"folder (with {CONFIG_NAME}) "
             "or an official EG3D .pkl"
         )
     raise CheckpointError(

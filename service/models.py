@@ -125,14 +125,13 @@ class LoadedModels:
 
 
 def _load_torch(spec: str, device: str) -> tuple[Any, str, dict[str, Any]]:
-    """(model, weights hash, checkpoint metadata) of 'default', a checkpoint folder or a .pkl."""
+    """(model, weights hash, checkpoint metadata) of a shipped model, a checkpoint folder or a
+    .pkl."""
     from ..models.checkpoint import read_checkpoint_info, sha256_file
-    from ..models.load import DEFAULT_MODEL, load_model
+    from ..models.load import load_model, shipped_path
 
     model = load_model(spec, device=device)
-    if spec == DEFAULT_MODEL:
-        return model, "embedded:default", {}
-    path = Path(spec)
+    path = shipped_path(spec) or Path(spec)
     if path.is_dir():
         info = read_checkpoint_info(path)
         return model, info.weights_sha256, dict(info.metadata)

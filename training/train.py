@@ -45,9 +45,10 @@ from ..models.checkpoint import (
 )
 from ..models.eg3d.config import SuperResolutionConfig
 from ..models.eg3d.generator import TriPlaneGenerator
+from ..models.eg3d.presets import matching_preset
 from ..models.errors import CheckpointError, ConfigError
 from ..models.images import save_image, to_uint8
-from ..models.load import load_model
+from ..models.load import load_model, shipped_path
 from ..models.student import Student, StudentConfig, student_from_teacher, student_preset
 from .config import TrainConfig
 from .data import (
@@ -157,19 +158,19 @@ def load_teacher(spec: str, device: torch.device) -> tuple[TriPlaneGenerator, st
         raise ConfigError(
             f"--teacher {spec} is a {type(teacher).__name__}; distillation needs an EG3D teacher"
         )
-    path = Path(spec)
-    if path.is_dir():
-        digest = read_checkpoint_info(path).weights_sha256
-    elif path.is_file():
-        digest = sha256_file(path)
-    else:
-        digest = "default"
+    path = shipped_path(spec) or Path(spec)
+    digest = read_checkpoint_info(path).weights_sha256 if path.is_dir() else sha256_file(path)
     return teacher.eval().requires_grad_(False), digest
 
 
 def student_config_for(config: TrainConfig, teacher: TriPlaneGenerator) -> StudentConfig:
-    """The preset student for the teacher's size, with the run's architecture overrides."""
-    base = student_preset("tiny") if teacher.config.img_resolution <= 64 else StudentConfig()
+    """The preset student of the teacher's architecture (by size when it is not a preset), with
+    the run's architecture overrides."""
+    name = matching_preset(teacher.config)
+    if name is not None:
+        base = student_preset(name)
+    else:
+        base = student_preset("tiny") if teacher.config.img_resolution <= 64 else StudentConfig()
     s = config.student
     changes: dict[str, Any] = {"teacher": teacher.config, **s.overrides()}
     if s.sr_channels is not None:
