@@ -132,6 +132,8 @@ def _load_torch(spec: str, device: str) -> tuple[Any, str, dict[str, Any]]:
 
     model = load_model(spec, device=device)
     path = shipped_path(spec) or Path(spec)
+    if not path.exists():  # the random tiny default, until the demo teacher ships
+        return model, "embedded:default", {}
     if path.is_dir():
         info = read_checkpoint_info(path)
         return model, info.weights_sha256, dict(info.metadata)
