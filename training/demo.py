@@ -238,6 +238,7 @@ def train_demo_teacher(
         else min(config.steps, start + max_steps_this_run)
     )
     evaluation: dict[str, Any] = {}
+    seconds_before = _rewind_metrics(out / "metrics.jsonl", start)
     metrics = (out / "metrics.jsonl").open("a")
     bar = tqdm(
         total=config.steps, initial=start, unit="step", desc="demo teacher", disable=not progress
@@ -273,7 +274,7 @@ def train_demo_teacher(
                 record |= {f"loss/{k}": round(float(v.detach()), 5) for k, v in terms.items()}
                 record["grad_norm"] = round(float(grad_norm), 4)
                 record["skipped_steps"] = skipped
-                record["seconds"] = round(time.perf_counter() - began, 1)
+                record["seconds"] = round(seconds_before + time.perf_counter() - began, 1)
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 bar.set_postfix(loss=f"{float(total.detach()):.4f}")
@@ -288,6 +289,25 @@ def train_demo_teacher(
         bar.close()
         metrics.close()
     return evaluation
+
+
+def _rewind_metrics(path: Path, step: int) -> float:
+    """Drop log records past ``step`` (written after the last checkpoint of an interrupted run).
+
+    A resumed run repeats those steps exactly, so keeping them would log them twice. Returns the
+    training seconds logged up to ``step``, so that ``seconds`` stays the total across runs.
+    """
+    if not path.is_file():
+        return 0.0
+    kept, seconds = [], 0.0
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("eval", record).get("step", 0) > step:
+            continue
+        kept.append(line)
+        seconds = record.get("seconds", seconds)
+    path.write_text("".join(f"{line}\n" for line in kept))
+    return float(seconds)
 
 
 def _save(

@@ -55,6 +55,8 @@ def test_an_interrupted_run_resumes_exactly(tmp_path):
     train_demo_teacher(tmp_path / "split", config, progress=False, max_steps_this_run=2)
     progress = json.loads((tmp_path / "split" / "train_state" / "progress.json").read_text())
     assert progress["step"] == 2
+    with (tmp_path / "split" / "metrics.jsonl").open("a") as log:  # logged, then killed
+        log.write(json.dumps({"step": 3, "seconds": 99.0}) + "\n")
     evaluation = train_demo_teacher(tmp_path / "split", config, progress=False)
     assert evaluation["step"] == 4 and evaluation["psnr_db"] > 0
     for name in ("teacher", "ema"):
@@ -63,8 +65,10 @@ def test_an_interrupted_run_resumes_exactly(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
     teacher = load_model(tmp_path / "split" / "teacher")
     assert teacher.z_dim == 20 and float(w_avg_of(teacher).abs().sum()) > 0  # w_avg is set
-    steps = [json.loads(line).get("step") for line in (tmp_path / "split" / "metrics.jsonl").open()]
-    assert [s for s in steps if s is not None] == [1, 2, 3, 4]
+    records = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if "step" in r] == [1, 2, 3, 4]
+    seconds = [r["seconds"] for r in records if "seconds" in r]
+    assert seconds == sorted(seconds) and seconds[-1] < 99.0  # one total clock across runs
 
 
 def test_resuming_with_other_settings_or_into_a_foreign_folder_is_refused(tmp_path):
