@@ -104,11 +104,19 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def _add_latent_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    identity = p.add_mutually_exclusive_group()
+    identity.add_argument(
         "--seed",
         type=int,
-        default=0,
-        help="identity: z = RandomState(seed).randn (EG3D's convention)",
+        default=None,
+        help="identity: z = RandomState(seed).randn (EG3D's convention; default 0)",
+    )
+    identity.add_argument(
+        "--latent",
+        type=Path,
+        default=None,
+        help="identity: a latent file written by `distill3d invert` (its fitted camera is the "
+        "default view)",
     )
     p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default 1: none)")
     p.add_argument(
@@ -128,10 +136,16 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
     )
     _add_latent_flags(p)
     p.add_argument(
-        "--yaw", type=float, default=0.0, help="degrees; positive turns the camera towards +x"
+        "--yaw",
+        type=float,
+        default=None,
+        help="degrees; positive turns the camera towards +x (default 0, or the latent's)",
     )
     p.add_argument(
-        "--pitch", type=float, default=0.0, help="degrees of elevation; positive looks from above"
+        "--pitch",
+        type=float,
+        default=None,
+        help="degrees of elevation; positive looks from above (default 0, or the latent's)",
     )
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
     p.add_argument(
@@ -161,9 +175,8 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
 
 def cmd_render(args: argparse.Namespace) -> None:
     from .models.images import depth_to_uint8, save_image, to_uint8
-    from .models.latents import z_from_seed
     from .models.load import load_model
-    from .models.render import RenderOptions, orbit_camera, render
+    from .models.render import RenderOptions, orbit_camera, render_ws
     from .models.rng import generator_for
     from .models.student import Student
 
@@ -182,10 +195,10 @@ def cmd_render(args: argparse.Namespace) -> None:
         depth_resolution=args.depth_samples,
         depth_resolution_importance=args.importance_samples,
     )
-    camera = orbit_camera(generator, args.yaw, args.pitch)  # type: ignore[arg-type]
-    z = z_from_seed(args.seed, generator.z_dim)
+    ws, yaw, pitch, identity = _identity(args, generator, device)
+    camera = orbit_camera(generator, yaw, pitch)  # type: ignore[arg-type]
     start = time.perf_counter()
-    out = render(generator, z, camera, options, rng=generator_for(args.render_seed, device))  # type: ignore[arg-type]
+    out = render_ws(generator, ws, camera, options, rng=generator_for(args.render_seed, device))  # type: ignore[arg-type]
     elapsed = time.perf_counter() - start
     save_image(to_uint8(out["image"]), args.out)
     if args.raw_out:
@@ -198,8 +211,183 @@ def cmd_render(args: argparse.Namespace) -> None:
             save_image(depth_to_uint8(out["image_depth"]), args.depth_out)
     size = out["image"].shape[-1]
     print(
-        f"wrote {args.out} ({size}x{size}, seed {args.seed}, yaw {args.yaw}, pitch {args.pitch}) in {elapsed:.2f} s"
+        f"wrote {args.out} ({size}x{size}, {identity}, yaw {yaw:g}, pitch {pitch:g}) "
+        f"in {elapsed:.2f} s"
     )
+
+
+def _identity(
+    args: argparse.Namespace, generator: Any, device: torch.device
+) -> tuple[torch.Tensor, float, float, str]:
+    """ws [1, num_ws, w_dim] (untruncated) from --seed or --latent, the view (--yaw/--pitch,
+    else the latent's fitted camera, else frontal) and a description for messages."""
+    from .models.latents import load_latent, z_from_seed
+    from .models.render import check_ws, frontal_camera
+
+    if args.latent is not None:
+        latent = load_latent(args.latent)
+        try:
+            ws = check_ws(generator, latent.ws[None].to(device))
+        except ValueError as exc:
+            raise ConfigError(f"--latent {args.latent}: {exc}") from None
+        yaw = latent.yaw_deg if args.yaw is None else args.yaw
+        pitch = latent.pitch_deg if args.pitch is None else args.pitch
+        return ws, yaw, pitch, f"latent {args.latent.name}"
+    seed = 0 if args.seed is None else args.seed
+    z = z_from_seed(seed, generator.z_dim).to(device)
+    with torch.no_grad():
+        ws = generator.mapping(z, frontal_camera(generator).to_label().to(device))
+    yaw = 0.0 if args.yaw is None else args.yaw
+    pitch = 0.0 if args.pitch is None else args.pitch
+    return ws, yaw, pitch, f"seed {seed}"
+
+
+def _add_orbit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "orbit",
+        help="render a turntable video of one identity (seed or fitted latent)",
+        description="yaw = A sin(2 pi t), pitch = P + B cos(2 pi t) around the model's pivot, as "
+        "the service's GET /orbit; the container follows --out's suffix (.mp4, .webm, .gif).",
+    )
+    p.add_argument("--model", default="default", help="'default', a checkpoint or an EG3D .pkl")
+    _add_latent_flags(p)
+    p.add_argument("--frames", type=int, default=48)
+    p.add_argument("--fps", type=int, default=24)
+    p.add_argument("--yaw-amplitude", type=float, default=30.0, help="degrees either side")
+    p.add_argument("--pitch-amplitude", type=float, default=5.0, help="degrees up and down")
+    p.add_argument("--batch-size", type=int, default=8, help="frames rendered at once")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, required=True, help="video file: .mp4, .webm or .gif")
+    p.set_defaults(func=cmd_orbit, yaw=None, pitch=None)
+
+
+def cmd_orbit(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .models.images import batch_to_uint8
+    from .models.load import load_model
+    from .models.render import RenderOptions, orbit_camera, render_ws
+    from .models.rng import generator_for
+    from .service.video import encode_video
+
+    fmt = args.out.suffix.lower().lstrip(".")
+    if fmt not in ("mp4", "webm", "gif"):
+        raise ConfigError(f"--out {args.out}: the suffix must be .mp4, .webm or .gif")
+    if args.frames < 2 or args.fps < 1 or args.batch_size < 1:
+        raise ConfigError("need --frames >= 2, --fps >= 1 and --batch-size >= 1")
+    if not 0 <= args.pitch_amplitude < 90:
+        raise ConfigError("--pitch-amplitude must be in [0, 90) degrees")
+    device = _device(args.device)
+    generator = load_model(args.model, device)
+    ws, _, pitch0, identity = _identity(args, generator, device)
+    t = np.arange(args.frames) / args.frames
+    yaws = (args.yaw_amplitude * np.sin(2 * np.pi * t)).tolist()
+    pitches = np.clip(pitch0 + args.pitch_amplitude * np.cos(2 * np.pi * t), -89, 89).tolist()
+    options = RenderOptions(
+        truncation_psi=args.truncation, truncation_cutoff=args.truncation_cutoff
+    )
+    frames = []
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in tqdm(range(0, args.frames, args.batch_size), desc="orbit", unit="batch"):
+            yaw, pitch = yaws[i : i + args.batch_size], pitches[i : i + args.batch_size]
+            camera = orbit_camera(generator, yaw, pitch)  # type: ignore[arg-type]
+            batch = ws.expand(len(yaw), -1, -1)
+            rng = [generator_for(0, device) for _ in yaw]  # the same jitter as a single render
+            out = render_ws(generator, batch, camera, options, rng=rng)  # type: ignore[arg-type]
+            frames.append(batch_to_uint8(out["image"]))
+    video = encode_video(np.concatenate(frames), args.fps, fmt)  # type: ignore[arg-type]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(video)
+    print(
+        f"wrote {args.out} ({args.frames} frames, {identity}) in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+
+
+def _add_invert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "invert",
+        help="fit a latent (and camera) so that a model draws an image",
+        description="Optimise w (W or W+, from the average w) and, unless --camera is given, "
+        "yaw/pitch, so that the model's render matches IMAGE: L1 + MSE (+ LPIPS with local "
+        "weights) + a pull towards the w distribution. Writes latent.json (for render, orbit and "
+        "the service), the target, the fit and a side-by-side. Works through a student (seconds) "
+        "or the volumetric teacher (slower), so the two can be compared.",
+    )
+    p.add_argument("image", type=Path, help="PNG, JPEG or WebP; resized to the model's output")
+    p.add_argument("--model", default="default-student", help="student or teacher to fit with")
+    view = p.add_mutually_exclusive_group()
+    view.add_argument("--camera", default=None, help="yaw,pitch in degrees: the view is known")
+    view.add_argument(
+        "--estimate-camera",
+        action="store_true",
+        help="search and optimise the view (the default when --camera is not given)",
+    )
+    p.add_argument("--space", choices=["w", "w+"], default="w", help="one w or one per layer")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--w-reg", type=float, default=1e-3, help="pull towards the w distribution")
+    p.add_argument(
+        "--tune-steps",
+        type=int,
+        default=0,
+        help="pivotal tuning: fine-tune a copy of the model around the fit (default 0: off); the "
+        "copy is written to OUT/tuned-model",
+    )
+    p.add_argument("--lpips", default=None, help="LPIPS weights (file or folder); off when absent")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", type=Path, required=True, help="folder to write")
+    p.set_defaults(func=cmd_invert)
+
+
+def cmd_invert(args: argparse.Namespace) -> None:
+    from .models.checkpoint import save_checkpoint
+    from .models.images import read_image, save_image, to_uint8
+    from .models.latents import save_latent
+    from .models.load import load_model
+    from .training.inversion import InversionConfig, invert, prepare_target
+
+    camera = None
+    if args.camera is not None:
+        try:
+            yaw, pitch = (float(v) for v in args.camera.split(","))
+        except ValueError:
+            raise ConfigError(f"--camera takes yaw,pitch in degrees, got {args.camera!r}") from None
+        camera = (yaw, pitch)
+    config = InversionConfig(
+        steps=args.steps, lr=args.lr, space=args.space, w_reg=args.w_reg, tune_steps=args.tune_steps
+    )
+    device = _device(args.device)
+    target = read_image(args.image)
+    model = load_model(args.model, device)
+    lpips = None
+    if args.lpips is not None:
+        from .training.lpips import load_lpips
+
+        lpips = load_lpips(args.lpips, device)
+    result = invert(model, target, config, camera, lpips, progress=not args.quiet)
+    args.out.mkdir(parents=True, exist_ok=True)
+    fitted = to_uint8(result.image)
+    goal = to_uint8(prepare_target(model, target).cpu())
+    save_image(goal, args.out / "target.png")
+    save_image(fitted, args.out / "fit.png")
+    save_image(np.concatenate([goal, fitted], axis=1), args.out / "comparison.png")
+    metadata = {"model": args.model, "image": args.image.name}
+    if result.tuned_model is not None:
+        source = f"distill3d invert --tune-steps {args.tune_steps} --model {args.model}"
+        save_checkpoint(result.tuned_model, args.out / "tuned-model", metadata={"source": source})
+        metadata["tuned_model"] = "tuned-model"
+    save_latent(result.latent(metadata), args.out / "latent.json")
+    how = "estimated" if result.camera_estimated else "given"
+    tuned = "" if result.tuned_psnr_db is None else f", after tuning {result.tuned_psnr_db:.2f} dB"
+    print(
+        f"fitted {args.image} in {result.seconds:.1f} s ({config.steps} steps, {config.space}): "
+        f"PSNR {result.psnr_db:.2f} dB{tuned}; camera ({how}) yaw {result.yaw_deg:.1f}, "
+        f"pitch {result.pitch_deg:.1f}"
+    )
+    print(f"wrote {args.out / 'latent.json'} and {args.out / 'comparison.png'}")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -940,6 +1128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_init(sub)
     _add_convert(sub)
     _add_render(sub)
+    _add_orbit(sub)
+    _add_invert(sub)
     _add_info(sub)
     _add_train(sub)
     _add_cache(sub)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,3 +45,40 @@ def save_image(array: np.ndarray, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
     return path
+
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+def read_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """An image file (path or bytes) -> RGB float [3, H, W] in [-1, 1], the networks' range.
+
+    The size is checked from the header before any pixel is decoded, so a small file that
+    declares a huge image (a decompression bomb) costs nothing. Transparency is dropped.
+    Raises ValueError for anything that is not a readable image of at most ``max_pixels``.
+    """
+    name = "the upload" if isinstance(source, bytes) else str(source)
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise FileNotFoundError(f"image {source} does not exist")
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    with io.BytesIO(data) as stream, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(stream)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(
+                    f"{name} is {width}x{height} pixels, more than the limit of {max_pixels}; "
+                    "resize it first"
+                )
+            image.load()
+        except (
+            Image.UnidentifiedImageError,
+            Image.DecompressionBombWarning,
+            Image.DecompressionBombError,
+        ) as exc:
+            raise ValueError(f"{name} is not an image that can be read: {exc}") from exc
+        except (OSError, SyntaxError) as exc:  # truncated or corrupt data
+            raise ValueError(f"{name} is a damaged or truncated image: {exc}") from exc
+        array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0

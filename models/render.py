@@ -7,11 +7,12 @@ out = G.synthesis(w, c)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .camera import Camera
+from .editing import truncate
 from .eg3d.generator import TriPlaneGenerator
 from .rng import RandomSource
 from .student import Student
@@ -71,6 +72,37 @@ def render(
     z = z.to(device)
     c_cond = frontal_camera(generator, z.shape[0]).to_label().to(device)
     ws = generator.mapping(z, c_cond, options.truncation_psi, options.truncation_cutoff)
+    return render_ws(generator, ws, camera, replace(options, truncation_psi=1.0), rng)
+
+
+def check_ws(generator: Generator, ws: torch.Tensor) -> torch.Tensor:
+    """ws [N, num_ws, w_dim] (a single w [N, w_dim] is broadcast), or a ValueError saying why
+    these latents do not belong to this model."""
+    if ws.ndim == 2:
+        ws = ws.unsqueeze(1).expand(-1, generator.num_ws, -1)
+    expected = (generator.num_ws, generator.w_dim)
+    if ws.ndim != 3 or tuple(ws.shape[1:]) != expected:
+        raise ValueError(
+            f"latent has shape {list(ws.shape[1:])}, this model takes [{expected[0]}, "
+            f"{expected[1]}] (num_ws, w_dim): it was fitted to another model"
+        )
+    return ws
+
+
+def render_ws(
+    generator: Generator,
+    ws: torch.Tensor,
+    camera: Camera,
+    options: RenderOptions | None = None,
+    rng: RandomSource = None,
+) -> dict[str, torch.Tensor]:
+    """Render latents already in W (``ws`` [N, num_ws, w_dim] or [N, w_dim]) from ``camera``;
+    truncation in ``options`` pulls them towards the average w first."""
+    options = options or RenderOptions()
+    device = next(generator.parameters()).device
+    ws = check_ws(generator, ws.to(device))
+    if options.truncation_psi != 1.0:
+        ws = truncate(ws, w_avg_of(generator), options.truncation_psi, options.truncation_cutoff)
     return generator.synthesis(
         ws,
         camera.to_label().to(device),
