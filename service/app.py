@@ -14,19 +14,24 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..models.camera import Camera
+from ..models.images import read_image
 from ..models.latents import z_from_seed
+from ..training.inversion import InversionConfig, invert
 from .engine import (
     BackendFailed,
     Batcher,
@@ -38,12 +43,13 @@ from .engine import (
 )
 from .metrics import CONTENT_TYPE, ServiceMetrics
 from .models import LoadedModels, ModelInfo, load_models
-from .schemas import LatentFields, OrbitRequest, RenderRequest, parse_query
+from .schemas import InvertRequest, LatentFields, OrbitRequest, RenderRequest, parse_query
 from .settings import ServiceSettings
 from .video import MEDIA_TYPES, encode_video
 
 log = logging.getLogger(__name__)
 
+STATIC_DIR = Path(__file__).parent / "static"
 IMAGE_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -57,7 +63,21 @@ class RequestError(Exception):
 
 
 def _detail(field: str, message: str, location: str = "body") -> list[dict[str, Any]]:
-    return [{"loc": [location, field], "msg": message, "type": "value_error"}]
+    return [{"loc": [location, *field.split(".")], "msg": message, "type": "value_error"}]
+
+
+@dataclass
+class Identity:
+    """A resolved latent for the batcher: z (mapped there), w, or final per-layer ws."""
+
+    psi: float
+    z: np.ndarray | None = None
+    w: np.ndarray | None = None
+    ws: np.ndarray | None = None
+
+    @property
+    def per_layer(self) -> bool:
+        return self.ws is not None
 
 
 class RenderService:
@@ -108,7 +128,8 @@ class RenderService:
         """One render per backend (first calls allocate and pick kernels); time recorded."""
         assert self.models is not None
         for role, batcher in self.batchers.items():
-            item = self.item(self.models.camera.frontal(), None, 0.7, z=np.zeros(self.models.z_dim))
+            identity = Identity(0.7, z=z_from_seed(0, self.models.z_dim)[0].numpy())
+            item = self.item(self.models.camera.frontal(), None, identity)
             start = time.perf_counter()
             batcher.render_now([item])
             seconds = time.perf_counter() - start
@@ -123,45 +144,95 @@ class RenderService:
 
     # -- requests -> items ------------------------------------------------------------------
 
-    def item(
-        self,
-        camera: Camera,
-        c_cond: Camera | None,
-        psi: float,
-        z: np.ndarray | None = None,
-        w: np.ndarray | None = None,
-    ) -> RenderItem:
+    def item(self, camera: Camera, c_cond: Camera | None, identity: Identity) -> RenderItem:
         assert self.models is not None
         cond = c_cond if c_cond is not None else self.models.camera.frontal()
         return RenderItem(
             c=camera.to_label()[0].numpy().astype(np.float32),
             c_cond=cond.to_label()[0].numpy().astype(np.float32),
-            psi=psi,
-            z=None if z is None else np.asarray(z, np.float32),
-            w=None if w is None else np.asarray(w, np.float32),
+            psi=identity.psi,
+            z=None if identity.z is None else np.asarray(identity.z, np.float32),
+            w=None if identity.w is None else np.asarray(identity.w, np.float32),
+            ws=None if identity.ws is None else np.asarray(identity.ws, np.float32),
         )
 
-    def latent(self, req: LatentFields) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def latent(self, req: LatentFields) -> Identity:
+        """The identity to render. Plain seed/z/w go to the batcher as they are (mapped and
+        truncated with the batch); ws, mix and interpolate are resolved here, in W, to final
+        rows (truncated first, then interpolated, then mixed)."""
+        assert self.models is not None
+        psi = req.psi()
+        if req.ws is None and req.mix is None and req.interpolate is None:
+            z, w = self._vector(req, "")
+            return Identity(psi, z=z, w=w)
+        if (req.ws is not None or req.mix is not None) and self.models.num_ws is None:
+            field = "ws" if req.ws is not None else "mix"
+            raise RequestError(
+                field,
+                "per-layer latents (ws, mix) need a PyTorch teacher or student loaded: this "
+                "service runs only an exported graph, which takes one w",
+            )
+        cond = self.conditioning(req)
+        rows = self._rows(req, psi, cond, "")
+        if req.interpolate is not None:
+            other = self._rows(req.interpolate, psi, cond, "interpolate.")
+            rows = rows + np.float32(req.interpolate.t) * (other - rows)
+        if req.mix is not None:
+            num_ws = len(rows)
+            if req.mix.cutoff > num_ws:
+                raise RequestError("mix.cutoff", f"mix.cutoff must be at most num_ws = {num_ws}")
+            other = self._rows(req.mix, psi, cond, "mix.")
+            rows = np.concatenate([rows[: req.mix.cutoff], other[req.mix.cutoff :]])
+        if bool((rows == rows[:1]).all()):
+            return Identity(1.0, w=rows[0])  # one w after all: every backend takes it
+        return Identity(1.0, ws=rows)
+
+    def _vector(self, req: Any, prefix: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(z, w) of a seed, z or w, with lengths checked."""
         assert self.models is not None
         m = self.models
         if req.seed is not None:
             return z_from_seed(req.seed, m.z_dim)[0].numpy(), None
         if req.z is not None:
             if len(req.z) != m.z_dim:
-                raise RequestError("z", f"z needs {m.z_dim} numbers, got {len(req.z)}")
+                raise RequestError(f"{prefix}z", f"z needs {m.z_dim} numbers, got {len(req.z)}")
             return np.asarray(req.z, np.float32), None
         assert req.w is not None
         if len(req.w) != m.w_dim:
-            raise RequestError("w", f"w needs {m.w_dim} numbers, got {len(req.w)}")
+            raise RequestError(f"{prefix}w", f"w needs {m.w_dim} numbers, got {len(req.w)}")
         return None, np.asarray(req.w, np.float32)
+
+    def _rows(self, req: Any, psi: float, cond: Camera | None, prefix: str) -> np.ndarray:
+        """A latent as truncated per-layer rows [num_ws, w_dim] (one row without PyTorch)."""
+        assert self.models is not None
+        m = self.models
+        num_ws = m.num_ws or 1
+        if req.ws is not None:
+            shape = (len(req.ws), len(req.ws[0]) if req.ws else 0)
+            if shape != (num_ws, m.w_dim) or any(len(row) != m.w_dim for row in req.ws):
+                raise RequestError(
+                    f"{prefix}ws",
+                    f"ws needs {num_ws} rows of {m.w_dim} numbers (num_ws x w_dim); it was "
+                    "fitted to another model or is malformed",
+                )
+            rows = np.asarray(req.ws, np.float32)
+        else:
+            z, w = self._vector(req, prefix)
+            if z is not None:
+                camera = cond if cond is not None else m.camera.frontal()
+                c_cond = camera.to_label().numpy().astype(np.float32)
+                w = m.mapper.map(z[None], c_cond)[0]
+            assert w is not None
+            rows = np.repeat(w[None], num_ws, axis=0)
+        return m.mapper.truncate(rows, np.full(len(rows), psi, np.float32))
 
     def conditioning(self, req: LatentFields) -> Camera | None:
         assert self.models is not None
         if req.conditioning_camera is None:
             return None
-        if req.w is not None:
+        if req.w is not None or req.ws is not None:
             raise RequestError(
-                "conditioning_camera", "conditioning_camera applies to seed or z, not to w"
+                "conditioning_camera", "conditioning_camera applies to seed or z, not to w or ws"
             )
         if not self.models.mapper.supports_conditioning:
             raise RequestError(
@@ -171,11 +242,14 @@ class RenderService:
             )
         return Camera.from_label(req.conditioning_camera)
 
-    def choose(self, requested: str, cameras: list[Camera]) -> tuple[str, str | None]:
+    def choose(
+        self, requested: str, cameras: list[Camera], per_layer: bool = False
+    ) -> tuple[str, str | None]:
         """The role to render with, and why it is not the student when it could have been.
 
-        ``auto`` prefers the student; a pose outside the student's declared range goes to the
-        teacher when the teacher covers it. An explicit backend must cover the pose itself.
+        ``auto`` prefers the student; a pose outside the student's declared range, or per-layer
+        latents that its exported graph cannot take, go to the teacher when it is loaded. An
+        explicit backend must cover the request itself.
         """
         if requested != "auto" and requested not in self.batchers:
             loaded = ", ".join(sorted(self.batchers))
@@ -183,6 +257,16 @@ class RenderService:
         order = [requested] if requested != "auto" else ["student", "volumetric"]
         problems: list[tuple[str, str]] = []
         for role in (r for r in order if r in self.batchers):
+            backend = self.batchers[role].backend
+            if per_layer and not backend.supports_ws:
+                problems.append(
+                    (
+                        "ws",
+                        f"the {role} backend ({backend.name}) takes one w, not per-layer ws; "
+                        "load a PyTorch student checkpoint or render with the volumetric backend",
+                    )
+                )
+                continue
             found = [v for cam in cameras for v in self.infos[role].pose_range.violations(cam)]
             if not found:
                 tried_student = requested == "auto" and role == "volumetric" and problems
@@ -190,6 +274,22 @@ class RenderService:
             problems.extend((field, f"{msg} (the {role} model's range)") for field, msg in found)
         messages = "; ".join(dict.fromkeys(msg for _, msg in problems))
         raise RequestError(problems[0][0], messages)
+
+    def inversion_model(self, requested: str) -> tuple[str, Any]:
+        """(role, PyTorch model) to fit through: the student unless the teacher is asked for.
+        Inversion needs gradients, so an exported graph cannot do it."""
+        assert self.models is not None
+        m = self.models
+        if requested in ("auto", "student") and m.student_model is not None:
+            return "student", m.student_model
+        if requested in ("auto", "volumetric") and m.teacher_model is not None:
+            return "volumetric", m.teacher_model
+        raise RequestError(
+            "backend",
+            f"inversion through {'a model' if requested == 'auto' else requested} needs its "
+            "PyTorch checkpoint loaded (DISTILL3D_STUDENT or DISTILL3D_TEACHER); exported "
+            "graphs have no gradients",
+        )
 
     async def render(
         self,
@@ -232,23 +332,27 @@ def encode_image(image: np.ndarray, fmt: str, quality: int) -> bytes:
 
 
 class BodyLimit:
-    """413 for request bodies over ``max_bytes``, declared or streamed, before anything parses.
+    """413 for request bodies over the limit, declared or streamed, before anything parses.
 
-    The body is read here (it is small by construction) and replayed to the app, so a chunked
-    upload without Content-Length is held to the same limit.
+    The limit is ``max_bytes``, or ``per_path[path]`` for routes that take uploads. The body is
+    read here (it is small by construction) and replayed to the app, so a chunked upload
+    without Content-Length is held to the same limit.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: dict[str, tuple[int, str]] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limits = {"": (max_bytes, "DISTILL3D_MAX_BODY_BYTES"), **(per_path or {})}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, setting = self.limits.get(scope.get("path", ""), self.limits[""])
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _too_large(self.max_bytes, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _too_large(limit, setting, send)
             return
         messages: list[Message] = []
         size = 0
@@ -258,8 +362,8 @@ class BodyLimit:
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await _too_large(self.max_bytes, send)
+            if size > limit:
+                await _too_large(limit, setting, send)
                 return
             if not message.get("more_body", False):
                 break
@@ -272,10 +376,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def _too_large(limit: int, send: Send) -> None:
-    response = JSONResponse(
-        {"detail": f"request body larger than {limit} bytes (DISTILL3D_MAX_BODY_BYTES)"}, 413
-    )
+async def _too_large(limit: int, setting: str, send: Send) -> None:
+    response = JSONResponse({"detail": f"request body larger than {limit} bytes ({setting})"}, 413)
     await response({"type": "http"}, _no_receive, send)
 
 
@@ -340,7 +442,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.metrics = metrics
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    uploads = {"/invert": (settings.max_upload_bytes, "DISTILL3D_MAX_UPLOAD_BYTES")}
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, per_path=uploads)
     app.add_middleware(RequestMetrics, metrics=metrics)
 
     async def authorized(request: Request) -> None:
@@ -400,14 +503,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     async def do_render(req: RenderRequest, request: Request) -> Response:
         assert service.models is not None
-        z, w = service.latent(req)
+        identity = service.latent(req)
         cond = service.conditioning(req)
         if req.camera is not None:
             camera = Camera.from_label(req.camera)
         else:
             camera = service.models.camera.orbit(req.yaw, req.pitch, req.radius, req.fov_deg)
-        role, reason = service.choose(req.backend, [camera])
-        item = service.item(camera, cond, req.psi(), z=z, w=w)
+        role, reason = service.choose(req.backend, [camera], identity.per_layer)
+        item = service.item(camera, cond, identity)
         if reason:
             service.metrics.fallbacks.labels(reason).inc()
         (result,), failed = await service.render([item], role, request.is_disconnected)
@@ -440,15 +543,22 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     # -- orbit -----------------------------------------------------------------------------
 
     @app.get("/orbit", dependencies=guarded, response_class=Response, tags=["render"])
-    async def orbit(request: Request) -> Response:
+    async def orbit_get(request: Request) -> Response:
         """A turntable video of one identity: yaw = A sin(2 pi t), pitch = B cos(2 pi t)."""
-        req = _from_query(OrbitRequest, request)
+        return await do_orbit(_from_query(OrbitRequest, request), request)
+
+    @app.post("/orbit", dependencies=guarded, response_class=Response, tags=["render"])
+    async def orbit_post(req: OrbitRequest, request: Request) -> Response:
+        """The same as GET /orbit with a JSON body, for latents too long for a URL (ws)."""
+        return await do_orbit(req, request)
+
+    async def do_orbit(req: OrbitRequest, request: Request) -> Response:
         assert service.models is not None
         if req.frames > settings.max_frames:
             raise RequestError("frames", f"frames must be at most {settings.max_frames}")
         if req.fps > settings.max_fps:
             raise RequestError("fps", f"fps must be at most {settings.max_fps}")
-        z, w = service.latent(req)
+        identity = service.latent(req)
         cond = service.conditioning(req)
         t = np.arange(req.frames) / req.frames
         yaws = req.yaw_amplitude * np.sin(2 * np.pi * t)
@@ -457,10 +567,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             service.models.camera.orbit(float(y), float(p), req.radius, req.fov_deg)
             for y, p in zip(yaws, pitches, strict=True)
         ]
-        role, reason = service.choose(req.backend, cameras)
+        role, reason = service.choose(req.backend, cameras, identity.per_layer)
         if reason:
             service.metrics.fallbacks.labels(reason).inc()
-        items = [service.item(cam, cond, req.psi(), z=z, w=w) for cam in cameras]
+        items = [service.item(cam, cond, identity) for cam in cameras]
         start = time.perf_counter()
         chunk = max(1, service.batchers[role].max_batch * 2)
         frames: list[np.ndarray] = []
@@ -487,6 +597,68 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             headers["X-Fallback"] = reason.split(":")[0]
         return Response(data, media_type=MEDIA_TYPES[req.format], headers=headers)
 
+    # -- inversion -------------------------------------------------------------------------
+
+    inversions = asyncio.Semaphore(settings.invert_concurrency)
+
+    @app.post("/invert", dependencies=guarded, tags=["edit"])
+    async def invert_upload(request: Request) -> JSONResponse:
+        """Fit a latent to an uploaded image: the body is the image (Content-Type image/png,
+        image/jpeg or image/webp) or a multipart form with an ``image`` file; parameters
+        (yaw and pitch to fix the camera, steps, space, backend) as query or form fields.
+        Returns a latent file (``w`` or ``ws``, the fitted yaw/pitch and the fit's PSNR and
+        time) that /render and /orbit take as they are."""
+        data, fields = await _upload(request)
+        params = _validate(InvertRequest, {**dict(request.query_params), **fields}, "query")
+        steps = params.steps or settings.invert_steps
+        if steps > settings.max_invert_steps:
+            raise RequestError("steps", f"steps must be at most {settings.max_invert_steps}")
+        role, model = service.inversion_model(params.backend)
+        try:
+            target = read_image(data, settings.max_upload_pixels)
+        except ValueError as exc:
+            service.metrics.inversions.labels(role, "bad_input").inc()
+            status = 413 if "more than the limit" in str(exc) else 422
+            raise RequestError("image", str(exc), status) from None
+        if inversions.locked():
+            service.metrics.inversions.labels(role, "busy").inc()
+            return JSONResponse(
+                {"detail": "an inversion is already running; retry shortly"},
+                429,
+                headers={"Retry-After": "5"},
+            )
+        async with inversions:
+            config = InversionConfig(
+                steps=params.steps or settings.invert_steps, space=params.space
+            )
+            camera = None if params.yaw is None else (params.yaw, params.pitch or 0.0)
+            start = time.perf_counter()
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    None, invert, model, target, config, camera
+                )
+            except Exception as exc:
+                service.metrics.inversions.labels(role, "failed").inc()
+                log.exception("inversion failed")
+                return JSONResponse({"detail": f"inversion failed: {exc}"}, 500)
+            seconds = time.perf_counter() - start
+        service.metrics.inversions.labels(role, "ok").inc()
+        service.metrics.inversion_time.labels(role).observe(seconds)
+        info = service.infos.get(role)
+        body = result.latent({"role": role, "source": info.source if info else ""}).to_json()
+        return JSONResponse(
+            body, headers={"X-Backend": role, "X-Invert-Time-Ms": f"{seconds * 1000:.1f}"}
+        )
+
+    # -- viewer ----------------------------------------------------------------------------
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def viewer() -> FileResponse:
+        """The browser viewer: identities, poses, truncation, orbits, uploads, interpolation."""
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
     # -- health, models, metrics -----------------------------------------------------------
 
     @app.get("/healthz", tags=["health"])
@@ -511,7 +683,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return {
             "ready": service.ready,
             "models": [info.to_json() for info in service.infos.values()],
-            "latent": None if m is None else {"z_dim": m.z_dim, "w_dim": m.w_dim},
+            "latent": None
+            if m is None
+            else {"z_dim": m.z_dim, "w_dim": m.w_dim, "num_ws": m.num_ws},
             "camera": None
             if m is None
             else {
@@ -536,13 +710,43 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
 def _from_query(model: type[Any], request: Request) -> Any:
     """Validate query parameters with a request model; errors read like body errors."""
+    return _validate(model, parse_query(dict(request.query_params)), "query")
+
+
+def _validate(model: type[Any], values: dict[str, Any], location: str) -> Any:
     try:
-        return model.model_validate(parse_query(dict(request.query_params)))
+        return model.model_validate(values)
     except ValidationError as exc:
         errors = []
         for error in exc.errors(include_url=False):
             error = dict(error)
-            error["loc"] = ("query", *error["loc"])
+            error["loc"] = (location, *error["loc"])
             error.pop("ctx", None)
             errors.append(error)
         raise RequestValidationError(errors) from None
+
+
+UPLOAD_TYPES = {"image/png", "image/jpeg", "image/webp", "application/octet-stream"}
+
+
+async def _upload(request: Request) -> tuple[bytes, dict[str, str]]:
+    """The uploaded image's bytes and any other form fields; 4xx for anything else."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=16)
+        except Exception as exc:  # python-multipart's parse errors, too many parts
+            raise RequestError("image", f"malformed multipart form: {exc}", 400) from None
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise RequestError("image", "the form needs a file field named 'image'")
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        return await upload.read(), fields
+    if content_type in UPLOAD_TYPES:
+        return await request.body(), {}
+    raise RequestError(
+        "image",
+        f"unsupported Content-Type {content_type or '(none)'}: send the image as image/png, "
+        "image/jpeg or image/webp, or as multipart/form-data with an 'image' file",
+        415,
+    )

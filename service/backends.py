@@ -1,6 +1,8 @@
 """What renders a batch: the student in PyTorch, ONNX Runtime or TensorRT, or the volumetric
 teacher. All take w [B, w_dim] and target cameras c [B, 25] (float32 numpy) and return uint8
-images [B, H, W, 3], so the engine treats them alike.
+images [B, H, W, 3], so the engine treats them alike. The PyTorch ones (``supports_ws``) also
+take per-layer latents ws [B, num_ws, w_dim] (W+ inversions, style mixing); an exported graph
+has one w input.
 
 The z -> w mapping is separate (``LatentMapper``): it is the teacher's in every case (the student
 carries a frozen copy), so a seed names the same identity whichever backend renders it.
@@ -38,6 +40,7 @@ class Backend(Protocol):
     device: str
     precision: str
     max_batch: int
+    supports_ws: bool
 
     def render(self, w: np.ndarray, c: np.ndarray) -> np.ndarray: ...
 
@@ -95,9 +98,9 @@ class OnnxMapper:
         self.z_dim = int(metadata["graphs"]["mapping"]["inputs"]["z"][1])
         self.w_dim = int(metadata["graphs"]["mapping"]["outputs"]["w"][1])
         ones = np.ones((1, 1), np.float32)
-        zero = np.zeros((1, self.z_dim), np.float32)
+        z = np.ones((1, self.z_dim), np.float32)  # any finite w will do; z = 0 maps to NaN
         # psi = 0 gives w_avg exactly: w_avg + 0 (w - w_avg).
-        self.w_avg = self.session.run(None, {"z": zero, "truncation_psi": 0 * ones})[0][0]
+        self.w_avg = self.session.run(None, {"z": z, "truncation_psi": 0 * ones})[0][0]
 
     def map(self, z: np.ndarray, c_cond: np.ndarray) -> np.ndarray:
         psi = np.ones((len(z), 1), np.float32)
@@ -117,6 +120,7 @@ class TorchStudent:
     name: str = "torch"
     role: Role = "student"
     max_batch: int = 64
+    supports_ws = True
 
     def __post_init__(self) -> None:
         self.student = self.student.to(self.device).eval()
@@ -135,6 +139,7 @@ class OnnxStudent:
 
     name = "onnxruntime"
     role: Role = "student"
+    supports_ws = False
 
     def __init__(self, export_dir: Path, device: str, max_batch: int = 64) -> None:
         try:
@@ -177,6 +182,7 @@ class OnnxStudent:
 class TensorRTStudent:
     name = "tensorrt"
     role: Role = "student"
+    supports_ws = False
 
     def __init__(self, plan_dir: Path, export_dir: Path, device: str) -> None:
         from ..export.onnx import ExportError
@@ -211,6 +217,7 @@ class Volumetric:
     render_seed: int = 0
     name: str = "volumetric"
     role: Role = "volumetric"
+    supports_ws = True
 
     def __post_init__(self) -> None:
         self.teacher = self.teacher.to(self.device).eval()
@@ -219,7 +226,7 @@ class Volumetric:
     @torch.no_grad()
     def render(self, w: np.ndarray, c: np.ndarray) -> np.ndarray:
         wt = torch.from_numpy(w).to(self.device)
-        ws = wt[:, None].expand(-1, self.teacher.num_ws, -1)
+        ws = wt if wt.ndim == 3 else wt[:, None].expand(-1, self.teacher.num_ws, -1)
         ct = torch.from_numpy(c).to(self.device)
         rng = [generator_for(self.render_seed, self.device) for _ in range(len(w))]
         out = self.teacher.synthesis(ws, ct, noise_mode="const", rng=rng)

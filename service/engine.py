@@ -50,13 +50,14 @@ class BackendFailed(Exception):
 
 @dataclass
 class RenderItem:
-    """One image to render: a latent (z to map, or w), truncation, and two cameras."""
+    """One image to render: a latent (z to map, w, or per-layer ws), truncation, two cameras."""
 
     c: np.ndarray  # target camera [25]
     c_cond: np.ndarray  # conditioning camera of the mapping [25]
     psi: float
     z: np.ndarray | None = None
     w: np.ndarray | None = None
+    ws: np.ndarray | None = None  # [num_ws, w_dim], final: truncation already applied
 
 
 @dataclass
@@ -251,6 +252,12 @@ class Batcher:
                 w[i] = item.w
         psi = np.array([item.psi for item in items], np.float32)
         w = self.mapper.truncate(w, psi)
+        per_layer = [i for i, item in enumerate(items) if item.ws is not None]
+        if per_layer:  # the batch goes per-layer: every other image's w repeated on each row
+            num_ws = items[per_layer[0]].ws.shape[0]  # type: ignore[union-attr]
+            w = np.repeat(w[:, None], num_ws, axis=1)
+            for i in per_layer:
+                w[i] = items[i].ws
         c = np.stack([item.c for item in items]).astype(np.float32)
         return self.backend.render(w, c)
 

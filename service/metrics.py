@@ -134,6 +134,19 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.inversions = Counter(
+            "distill3d_inversions",
+            "POST /invert fits by model role and outcome (ok, busy, bad_input, failed)",
+            ["role", "outcome"],
+            registry=r,
+        )
+        self.inversion_time = Histogram(
+            "distill3d_inversion_seconds",
+            "Time of one inversion (the optimisation, not the upload)",
+            ["role"],
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+            registry=r,
+        )
         r.register(_MemoryCollector(device))
 
     def exposition(self) -> bytes:

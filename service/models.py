@@ -122,6 +122,10 @@ class LoadedModels:
     w_dim: int
     student: tuple[Backend, ModelInfo] | None = None
     volumetric: tuple[Backend, ModelInfo] | None = None
+    num_ws: int | None = None  # known when a PyTorch model is loaded (per-layer latents)
+    # The PyTorch models themselves, for what needs gradients (inversion).
+    student_model: Student | None = None
+    teacher_model: TriPlaneGenerator | None = None
 
 
 def _load_torch(spec: str, device: str) -> tuple[Any, str, dict[str, Any]]:
@@ -132,8 +136,6 @@ def _load_torch(spec: str, device: str) -> tuple[Any, str, dict[str, Any]]:
 
     model = load_model(spec, device=device)
     path = shipped_path(spec) or Path(spec)
-    if not path.exists():  # the random tiny default, until the demo teacher ships
-        return model, "embedded:default", {}
     if path.is_dir():
         info = read_checkpoint_info(path)
         return model, info.weights_sha256, dict(info.metadata)
@@ -181,6 +183,9 @@ def load_models(settings: ServiceSettings, device: str) -> LoadedModels:
         cam = export["camera"]
         camera = CameraModel(cam["radius"], tuple(cam["pivot"]), cam["focal_length"])
     loaded = LoadedModels(mapper, camera, mapper.z_dim, mapper.w_dim)
+    loaded.student_model, loaded.teacher_model = student_torch, teacher
+    if torch_model is not None:
+        loaded.num_ws = int(torch_model.num_ws)
 
     if teacher is not None:
         backend = Volumetric(teacher, device, max_batch=settings.teacher_max_batch_size)
@@ -312,7 +317,7 @@ def _check_pair(
     recorded = student_meta.get("teacher_sha256") or (export or {}).get("source", {}).get(
         "teacher_sha256", ""
     )
-    if recorded and sha and recorded != sha and not sha.startswith("embedded:"):
+    if recorded and sha and recorded != sha:
         note = (
             f"the student was distilled from teacher {recorded[:12]}..., the loaded teacher is "
             f"{sha[:12]}...; renders of one latent will differ between backends"

@@ -45,7 +45,12 @@ class ServiceSettings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0, description="queue wait + render, then 504")
     max_frames: int = Field(240, ge=1, le=10_000)
     max_fps: int = Field(60, ge=1, le=240)
-    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="JSON request bodies")
+    max_upload_bytes: int = Field(8 << 20, ge=1024, description="POST /invert image uploads")
+    max_upload_pixels: int = Field(2048 * 2048, ge=64, description="width x height of uploads")
+    invert_steps: int = Field(200, ge=1, description="POST /invert default optimisation steps")
+    max_invert_steps: int = Field(1000, ge=1)
+    invert_concurrency: int = Field(1, ge=1, le=64, description="inversions at once; then 429")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     warmup: bool = True
 

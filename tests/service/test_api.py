@@ -34,7 +34,7 @@ def test_health_models_and_docs(settings_for):
             assert student["pose_range"]["yaw_deg"] == 45  # from the checkpoint's metadata
             assert student["warmup_s_per_image"] > 0
             assert by_role["volumetric"]["pose_range"]["yaw_deg"] == 90
-            assert models["latent"] == {"z_dim": 32, "w_dim": 32}
+            assert models["latent"] == {"z_dim": 32, "w_dim": 32, "num_ws": 8}
             assert (await client.get("/openapi.json")).json()["paths"].keys() >= {
                 "/render",
                 "/orbit",

@@ -36,7 +36,7 @@ FRONTAL = [
 ]
 
 BAD_POSTS = [
-    ({"yaw": 10}, 422, "exactly one of seed, z or w (got none)"),
+    ({"yaw": 10}, 422, "exactly one of seed, z, w or ws (got none)"),
     ({"seed": 1, "z": [0.0] * 32}, 422, "got seed, z"),
     ({"z": [0.0] * 31}, 422, "z needs 32 numbers, got 31"),
     ({"w": [0.0] * 512}, 422, "w needs 32 numbers, got 512"),
@@ -105,7 +105,7 @@ def test_non_finite_malformed_and_oversized_bodies(settings_for):
         ({"seed": 1, "fps": 500}, "fps must be at most 60"),
         ({"seed": 1, "format": "avi"}, "'mp4', 'webm' or 'gif'"),
         ({"seed": 1, "yaw_amplitude": 120}, "is outside [-90, 90]"),
-        ({"frames": 10}, "exactly one of seed, z or w"),
+        ({"frames": 10}, "exactly one of seed, z, w or ws"),
     ],
 )
 def test_bad_orbit_queries_are_named(settings_for, params, needle):
