@@ -1229,6 +1229,59 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     report_p.add_argument("--speed-repeats", type=int, default=5)
     report_p.add_argument("--bias-samples", type=int, default=64)
     report_p.set_defaults(func=cmd_demo_report)
+    inv_p = what.add_parser(
+        "inversion",
+        help="fit latents to one ground-truth view of held-out scenes; PSNR at novel views, time",
+    )
+    inv_p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL",
+        help="a model to fit with (repeatable; default: student=default-student and "
+        "teacher=default)",
+    )
+    inv_p.add_argument("--out", required=True, type=Path, help="report folder")
+    inv_p.add_argument("--scenes", type=int, default=8)
+    inv_p.add_argument("--steps", type=int, default=300)
+    inv_p.add_argument("--space", choices=["w", "w+"], default="w")
+    inv_p.add_argument("--novel-yaws", default="-30,30", help="--novel-yaws=-30,30")
+    inv_p.add_argument("--estimate-camera", action="store_true", help="do not give the input view")
+    inv_p.add_argument("--quiet", action="store_true")
+    inv_p.set_defaults(func=cmd_demo_inversion)
+
+
+def cmd_demo_inversion(args: argparse.Namespace) -> None:
+    from .models.load import load_model
+    from .training.demo_inversion import InversionStudyConfig, inversion_study
+
+    specs = args.model or ["student=default-student", "teacher=default"]
+    models = {}
+    for item in specs:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise ConfigError(f"--model takes NAME=MODEL, got {item!r}")
+        models[name] = load_model(spec)
+    try:
+        yaws = tuple(float(v) for v in args.novel_yaws.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--novel-yaws takes comma-separated degrees, got {args.novel_yaws!r}"
+        ) from None
+    if args.steps < 1:
+        raise ConfigError("--steps must be at least 1")
+    config = InversionStudyConfig(
+        scenes=args.scenes,
+        novel_yaws=yaws,
+        steps=args.steps,
+        space=args.space,
+        estimate_camera=args.estimate_camera,
+    )
+    report = inversion_study(models, args.out, config, progress=not args.quiet)
+    for name, result in report["models"].items():
+        cells = ", ".join(f"{v} {s['mean']:.2f} dB" for v, s in result["psnr_db"].items())
+        print(f"{name}: {cells}; {result['seconds_per_inversion']['mean']:.2f} s per inversion")
+    print(f"report: {args.out / 'report.md'}")
 
 
 def _int_list(text: str, flag: str) -> list[int]:
