@@ -39,8 +39,6 @@ def default_model() -> TriPlaneGenerator:
 
     It needs no file and no download, so a fresh install renders recognisable 3D figures at once.
     """
-    if not (DEMO_TEACHER / CONFIG_NAME).is_file():  # until the trained demo teacher ships
-        return init_generator("tiny", seed=0)
     return _shipped(DEMO_TEACHER, DEFAULT_MODEL)  # type: ignore[return-value]
 
 
@@ -51,8 +49,7 @@ def default_student() -> nn.Module:
 
 def shipped_path(spec: str | os.PathLike[str]) -> Path | None:
     """The folder of a shipped model's name (``default``, ``default-student``), else None."""
-    folder = {DEFAULT_MODEL: DEMO_TEACHER, DEFAULT_STUDENT: DEMO_STUDENT}.get(str(spec))
-    return folder if folder is not None and (folder / CONFIG_NAME).is_file() else None
+    return {DEFAULT_MODEL: DEMO_TEACHER, DEFAULT_STUDENT: DEMO_STUDENT}.get(str(spec))
 
 
 def _shipped(folder: Path, name: str) -> nn.Module:

@@ -136,8 +136,6 @@ def _load_torch(spec: str, device: str) -> tuple[Any, str, dict[str, Any]]:
 
     model = load_model(spec, device=device)
     path = shipped_path(spec) or Path(spec)
-    if not path.exists():  # the random tiny default, until the demo teacher ships
-        return model, "embedded:default", {}
     if path.is_dir():
         info = read_checkpoint_info(path)
         return model, info.weights_sha256, dict(info.metadata)
@@ -319,7 +317,7 @@ def _check_pair(
     recorded = student_meta.get("teacher_sha256") or (export or {}).get("source", {}).get(
         "teacher_sha256", ""
     )
-    if recorded and sha and recorded != sha and not sha.startswith("embedded:"):
+    if recorded and sha and recorded != sha:
         note = (
             f"the student was distilled from teacher {recorded[:12]}..., the loaded teacher is "
             f"{sha[:12]}...; renders of one latent will differ between backends"

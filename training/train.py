@@ -159,8 +159,6 @@ def load_teacher(spec: str, device: torch.device) -> tuple[TriPlaneGenerator, st
             f"--teacher {spec} is a {type(teacher).__name__}; distillation needs an EG3D teacher"
         )
     path = shipped_path(spec) or Path(spec)
-    if not path.exists():  # the random tiny default, until the demo teacher ships
-        return teacher.eval().requires_grad_(False), "default"
     digest = read_checkpoint_info(path).weights_sha256 if path.is_dir() else sha256_file(path)
     return teacher.eval().requires_grad_(False), digest
 

@@ -63,4 +63,4 @@ def test_console_script_renders_the_default_model(tmp_path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert Image.open(out).size == (64, 64)
+    assert Image.open(out).size == (128, 128)  # the shipped demo teacher

@@ -88,7 +88,7 @@ def test_entrypoint_command_serves_outside_docker(dockerfile: Path) -> None:
         assert subprocess.run(probe, check=False, timeout=30).returncode == 0
         r = httpx.get(f"{url}/render", params={"seed": 0, "yaw": 30}, timeout=60)
         assert r.status_code == 200
-        assert Image.open(io.BytesIO(r.content)).size == (64, 64)
+        assert Image.open(io.BytesIO(r.content)).size == (128, 128)  # the shipped demo teacher
     finally:
         proc.terminate()
         proc.wait(timeout=30)
