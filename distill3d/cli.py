@@ -122,6 +122,22 @@ def _add_latent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--truncation-cutoff", type=int, default=None, help="truncate only the first N ws"
     )
+    p.add_argument(
+        "--mix-seed",
+        type=int,
+        default=None,
+        help="style mixing: layers from --mix-cutoff on come from this seed's latent",
+    )
+    p.add_argument("--mix-cutoff", type=int, default=None, help="first layer taken from --mix-seed")
+    p.add_argument(
+        "--interpolate-seed",
+        type=int,
+        default=None,
+        help="interpolate in W towards this seed's latent by --interpolate-t",
+    )
+    p.add_argument(
+        "--interpolate-t", type=float, default=0.5, help="0 = the identity, 1 = the other"
+    )
 
 
 def _add_render(sub: argparse._SubParsersAction) -> None:
@@ -195,7 +211,7 @@ def cmd_render(args: argparse.Namespace) -> None:
         depth_resolution=args.depth_samples,
         depth_resolution_importance=args.importance_samples,
     )
-    ws, yaw, pitch, identity = _identity(args, generator, device)
+    ws, identity, yaw, pitch = _identity(args, generator, device)
     camera = orbit_camera(generator, yaw, pitch)  # type: ignore[arg-type]
     start = time.perf_counter()
     out = render_ws(generator, ws, camera, options, rng=generator_for(args.render_seed, device))  # type: ignore[arg-type]
@@ -216,13 +232,46 @@ def cmd_render(args: argparse.Namespace) -> None:
     )
 
 
+def _seed_ws(generator: Any, seed: int, device: torch.device) -> torch.Tensor:
+    from .models.latents import z_from_seed
+    from .models.render import frontal_camera
+
+    z = z_from_seed(seed, generator.z_dim).to(device)
+    with torch.no_grad():
+        return generator.mapping(z, frontal_camera(generator).to_label().to(device))
+
+
+def _edited(
+    args: argparse.Namespace, generator: Any, ws: torch.Tensor, device: torch.device, what: str
+) -> tuple[torch.Tensor, str]:
+    """--interpolate-seed, then --mix-seed, applied to untruncated ws. Truncation is linear and
+    row-wise, so truncating afterwards equals truncating each latent first."""
+    from .models.editing import interpolate, style_mix
+
+    if args.interpolate_seed is not None:
+        if not 0.0 <= args.interpolate_t <= 1.0:
+            raise ConfigError("--interpolate-t must be between 0 and 1")
+        other = _seed_ws(generator, args.interpolate_seed, device)
+        ws = interpolate(ws, other, args.interpolate_t)
+        what += f" -> seed {args.interpolate_seed} at t={args.interpolate_t:g}"
+    if (args.mix_seed is None) != (args.mix_cutoff is None):
+        raise ConfigError("style mixing needs both --mix-seed and --mix-cutoff")
+    if args.mix_seed is not None:
+        num_ws = int(generator.num_ws)
+        if not 0 <= args.mix_cutoff <= num_ws:
+            raise ConfigError(f"--mix-cutoff must be between 0 and {num_ws} (this model's num_ws)")
+        ws = style_mix(ws, _seed_ws(generator, args.mix_seed, device), args.mix_cutoff, num_ws)
+        what += f", layers {args.mix_cutoff}+ from seed {args.mix_seed}"
+    return ws, what
+
+
 def _identity(
     args: argparse.Namespace, generator: Any, device: torch.device
-) -> tuple[torch.Tensor, float, float, str]:
-    """ws [1, num_ws, w_dim] (untruncated) from --seed or --latent, the view (--yaw/--pitch,
-    else the latent's fitted camera, else frontal) and a description for messages."""
-    from .models.latents import load_latent, z_from_seed
-    from .models.render import check_ws, frontal_camera
+) -> tuple[torch.Tensor, str, float, float]:
+    """ws [1, num_ws, w_dim] (untruncated, edited) from --seed or --latent, a description for
+    messages, and the view (--yaw/--pitch, else the latent's fitted camera, else frontal)."""
+    from .models.latents import load_latent
+    from .models.render import check_ws
 
     if args.latent is not None:
         latent = load_latent(args.latent)
@@ -232,14 +281,12 @@ def _identity(
             raise ConfigError(f"--latent {args.latent}: {exc}") from None
         yaw = latent.yaw_deg if args.yaw is None else args.yaw
         pitch = latent.pitch_deg if args.pitch is None else args.pitch
-        return ws, yaw, pitch, f"latent {args.latent.name}"
+        return (*_edited(args, generator, ws, device, f"latent {args.latent.name}"), yaw, pitch)
     seed = 0 if args.seed is None else args.seed
-    z = z_from_seed(seed, generator.z_dim).to(device)
-    with torch.no_grad():
-        ws = generator.mapping(z, frontal_camera(generator).to_label().to(device))
+    ws = _seed_ws(generator, seed, device)
     yaw = 0.0 if args.yaw is None else args.yaw
     pitch = 0.0 if args.pitch is None else args.pitch
-    return ws, yaw, pitch, f"seed {seed}"
+    return (*_edited(args, generator, ws, device, f"seed {seed}"), yaw, pitch)
 
 
 def _add_orbit(sub: argparse._SubParsersAction) -> None:
@@ -279,7 +326,7 @@ def cmd_orbit(args: argparse.Namespace) -> None:
         raise ConfigError("--pitch-amplitude must be in [0, 90) degrees")
     device = _device(args.device)
     generator = load_model(args.model, device)
-    ws, _, pitch0, identity = _identity(args, generator, device)
+    ws, identity, _, pitch0 = _identity(args, generator, device)
     t = np.arange(args.frames) / args.frames
     yaws = (args.yaw_amplitude * np.sin(2 * np.pi * t)).tolist()
     pitches = np.clip(pitch0 + args.pitch_amplitude * np.cos(2 * np.pi * t), -89, 89).tolist()

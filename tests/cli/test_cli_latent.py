@@ -119,3 +119,39 @@ def test_bad_invert_and_orbit_input_is_one_line_errors(tiny, tmp_path, capsys):
     argv = ["render", "--model", str(tiny / "s"), "--latent", str(tmp_path / "l.json")]
     assert main([*argv, "--out", str(tmp_path / "x.png")]) == 2
     assert "fitted to another model" in capsys.readouterr().err
+
+
+def test_render_edits_mix_and_interpolate_reach_both_ends(tiny, tmp_path, capsys):
+    student = str(tiny / "s")
+
+    def draw(name: str, *flags: str) -> np.ndarray:
+        out = tmp_path / f"{name}.png"
+        assert main(["render", "--model", student, *flags, "--yaw", "10", "--out", str(out)]) == 0
+        return np.asarray(Image.open(out), np.int16)
+
+    one, two = draw("one", "--seed", "1"), draw("two", "--seed", "2")
+    assert np.abs(one - two).max() > 10
+    assert (
+        np.abs(
+            draw("t0", "--seed", "1", "--interpolate-seed", "2", "--interpolate-t", "0") - one
+        ).max()
+        <= 1
+    )
+    assert (
+        np.abs(
+            draw("t1", "--seed", "1", "--interpolate-seed", "2", "--interpolate-t", "1") - two
+        ).max()
+        <= 1
+    )
+    assert (
+        np.abs(draw("m0", "--seed", "1", "--mix-seed", "2", "--mix-cutoff", "0") - two).max() <= 1
+    )
+    assert (
+        np.abs(draw("m8", "--seed", "1", "--mix-seed", "2", "--mix-cutoff", "8") - one).max() <= 1
+    )
+    half = draw("m4", "--seed", "1", "--mix-seed", "2", "--mix-cutoff", "4", "--truncation", "0.7")
+    assert half.shape == (64, 64, 3)
+    assert "layers 4+ from seed 2" in capsys.readouterr().out
+    argv = ["render", "--model", student, "--mix-seed", "2", "--out", str(tmp_path / "x.png")]
+    assert main(argv) == 2 and "both --mix-seed and --mix-cutoff" in capsys.readouterr().err
+    assert main([*argv, "--mix-cutoff", "99"]) == 2 and "between 0 and 8" in capsys.readouterr().err
