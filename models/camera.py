@@ -145,8 +145,8 @@ class Camera:
     @classmethod
     def orbit(
         cls,
-        yaw_deg: float | Sequence[float] = 0.0,
-        pitch_deg: float | Sequence[float] = 0.0,
+        yaw_deg: float | Sequence[float] | torch.Tensor = 0.0,
+        pitch_deg: float | Sequence[float] | torch.Tensor = 0.0,
         radius: float = 2.7,
         pivot: Sequence[float] = (0.0, 0.0, 0.2),
         focal: float = FFHQ_FOCAL,

@@ -49,9 +49,12 @@ def frontal_camera(generator: Generator, batch_size: int = 1) -> Camera:
 
 
 def orbit_camera(
-    generator: Generator, yaw_deg: float | list[float], pitch_deg: float | list[float]
+    generator: Generator,
+    yaw_deg: float | list[float] | torch.Tensor,
+    pitch_deg: float | list[float] | torch.Tensor,
 ) -> Camera:
-    """A camera at yaw/pitch degrees around the model's pivot, at its radius and focal length."""
+    """A camera at yaw/pitch degrees around the model's pivot, at its radius and focal length
+    (differentiable in tensor angles, which inversion optimises)."""
     rk = generator.config.rendering
     return Camera.orbit(
         yaw_deg, pitch_deg, rk.avg_camera_radius, rk.avg_camera_pivot, rk.focal_length

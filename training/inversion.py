@@ -29,11 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.camera import Camera
 from ..models.errors import ConfigError
 from ..models.latents import FittedLatent
 from ..models.metrics import psnr
-from ..models.render import Generator, frontal_camera, w_avg_of
+from ..models.render import Generator, frontal_camera, orbit_camera, w_avg_of
 from ..models.rng import generator_for
 
 Space = Literal["w", "w+"]
@@ -111,12 +110,6 @@ class Inversion:
         )
 
 
-def _orbit(model: Generator, yaw: torch.Tensor, pitch: torch.Tensor) -> Camera:
-    """A differentiable orbit camera with the model's radius, pivot and focal length."""
-    rk = model.config.rendering
-    return Camera.orbit(yaw, pitch, rk.avg_camera_radius, rk.avg_camera_pivot, rk.focal_length)
-
-
 def _render(model: Generator, ws: torch.Tensor, label: torch.Tensor, seed: int) -> torch.Tensor:
     device = ws.device
     out = model.synthesis(ws, label, noise_mode="const", rng=generator_for(seed, device))
@@ -152,7 +145,7 @@ def search_camera(
     best = (math.inf, 0.0, 0.0)
     for yaw in config.search_yaws:
         for pitch in config.search_pitches:
-            label = _orbit(model, torch.tensor([yaw]), torch.tensor([pitch])).to_label()
+            label = orbit_camera(model, torch.tensor([yaw]), torch.tensor([pitch])).to_label()
             image = _render(model, ws, label.to(device), config.seed)
             loss = float((image - target).abs().mean())
             if loss < best[0]:
@@ -233,7 +226,7 @@ def invert(
             factor = _lr_factor(step, config.steps, config.warmup_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = group["base"] * factor
-            label = _orbit(model, yaw, pitch.clamp(-MAX_PITCH_DEG, MAX_PITCH_DEG)).to_label()
+            label = orbit_camera(model, yaw, pitch.clamp(-MAX_PITCH_DEG, MAX_PITCH_DEG)).to_label()
             image = _render(model, w.expand(1, model.num_ws, -1), label.to(device), config.seed)
             loss = _image_loss(image, target, config, lpips)
             loss = loss + config.w_reg * ((w - w_avg).square().sum(-1) / spread**2).mean()
@@ -244,7 +237,7 @@ def invert(
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         with torch.no_grad():
             pitch.clamp_(-MAX_PITCH_DEG, MAX_PITCH_DEG)
-            label = _orbit(model, yaw, pitch).to_label().to(device)
+            label = orbit_camera(model, yaw, pitch).to_label().to(device)
             ws = w.detach().expand(1, model.num_ws, -1)
             final = _render(model, ws, label, config.seed)
             score = float(psnr(final.cpu(), target.cpu())[0])
