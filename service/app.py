@@ -614,8 +614,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if steps > settings.max_invert_steps:
             raise RequestError("steps", f"steps must be at most {settings.max_invert_steps}")
         role, model = service.inversion_model(params.backend)
-        try:
-            target = read_image(data, settings.max_upload_pixels)
+        loop = asyncio.get_running_loop()
+        try:  # decoding a large image is CPU work: not on the event loop
+            target = await loop.run_in_executor(None, read_image, data, settings.max_upload_pixels)
         except ValueError as exc:
             service.metrics.inversions.labels(role, "bad_input").inc()
             status = 413 if "more than the limit" in str(exc) else 422
@@ -634,9 +635,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             camera = None if params.yaw is None else (params.yaw, params.pitch or 0.0)
             start = time.perf_counter()
             try:
-                result = await asyncio.get_running_loop().run_in_executor(
-                    None, invert, model, target, config, camera
-                )
+                result = await loop.run_in_executor(None, invert, model, target, config, camera)
             except Exception as exc:
                 service.metrics.inversions.labels(role, "failed").inc()
                 log.exception("inversion failed")
