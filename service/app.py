@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -29,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..models.camera import Camera
+from ..models.editing import interpolate, style_mix
 from ..models.images import read_image
 from ..models.latents import z_from_seed
 from ..training.inversion import InversionConfig, invert
@@ -176,13 +178,17 @@ class RenderService:
         rows = self._rows(req, psi, cond, "")
         if req.interpolate is not None:
             other = self._rows(req.interpolate, psi, cond, "interpolate.")
-            rows = rows + np.float32(req.interpolate.t) * (other - rows)
+            rows = interpolate(torch.from_numpy(rows), torch.from_numpy(other), req.interpolate.t)
+            rows = rows.numpy()
         if req.mix is not None:
             num_ws = len(rows)
             if req.mix.cutoff > num_ws:
                 raise RequestError("mix.cutoff", f"mix.cutoff must be at most num_ws = {num_ws}")
             other = self._rows(req.mix, psi, cond, "mix.")
-            rows = np.concatenate([rows[: req.mix.cutoff], other[req.mix.cutoff :]])
+            mixed = style_mix(
+                torch.from_numpy(rows), torch.from_numpy(other), req.mix.cutoff, num_ws
+            )
+            rows = mixed.numpy()
         if bool((rows == rows[:1]).all()):
             return Identity(1.0, w=rows[0])  # one w after all: every backend takes it
         return Identity(1.0, ws=rows)
