@@ -22,11 +22,13 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DISTILL3D_", extra="forbid")
 
-    # Models. "default" is the embedded model; None leaves that side out.
+    # Models. "default" / "default-student" are the embedded demo models; None leaves a side out.
     teacher: str | None = Field(
         "default", description="volumetric teacher: 'default', a checkpoint folder or an EG3D .pkl"
     )
-    student: str | None = Field(None, description="student checkpoint folder (run/student)")
+    student: str | None = Field(
+        "default-student", description="student: 'default-student' or a run's student folder"
+    )
     onnx_dir: Path | None = Field(None, description="export folder for the ONNX Runtime backend")
     plan_dir: Path | None = Field(
         None, description="TensorRT plan folder (distill3d export tensorrt)"

@@ -204,7 +204,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"| student vs ground truth | {f['student_gt_psnr']:.2f} | | |",
         "",
         f"3D consistency: reprojection error into a view {cfg['pair_offset_deg']:g} degrees of "
-        "yaw away (mean absolute colour error, [0, 1] scale; lower is more consistent):",
+        "yaw away (mean absolute colour error, [0, 1] scale; lower is more consistent). The "
+        "student has no depth, so its images are warped with the teacher's, as in the paper:",
         "",
         "| ground truth | teacher | student |",
         "|---|---|---|",

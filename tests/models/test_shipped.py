@@ -7,16 +7,19 @@ import torch
 from distill3d.models.checkpoint import read_checkpoint_info
 from distill3d.models.eg3d.generator import TriPlaneGenerator
 from distill3d.models.eg3d.presets import preset
-from distill3d.models.load import DEMO_TEACHER, SHIPPED_WEIGHTS, load_model
+from distill3d.models.load import DEMO_STUDENT, DEMO_TEACHER, SHIPPED_WEIGHTS, load_model
 from distill3d.models.metrics import psnr
+from distill3d.models.student import Student
 from distill3d.training.scenes import build_scenes, render_scenes, sample_z, scene_camera
 
 
 def test_shipped_weights_are_small_and_hash_checked():
     files = [p for p in SHIPPED_WEIGHTS.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 30 * 2**20  # the budget
-    info = read_checkpoint_info(DEMO_TEACHER)
-    assert info.metadata["demo_world"]["trained_steps"] > 0
+    teacher = read_checkpoint_info(DEMO_TEACHER)
+    assert teacher.metadata["demo_world"]["trained_steps"] > 0
+    student = read_checkpoint_info(DEMO_STUDENT)
+    assert student.metadata["teacher_sha256"] == teacher.weights_sha256  # distilled from it
 
 
 def test_the_default_teacher_reproduces_held_out_scenes():
@@ -31,3 +34,16 @@ def test_the_default_teacher_reproduces_held_out_scenes():
         image = teacher.synthesis(teacher.mapping(z, c), c, noise_mode="const", rng=rng)["image"]
     # A random network scores under 10 dB here; the trained teacher draws the figures.
     assert float(psnr(image, truth).mean()) > 20
+
+
+def test_the_default_student_follows_the_teacher():
+    teacher, student = load_model("default"), load_model("default-student")
+    assert isinstance(student, Student)
+    z = sample_z(987_654, 4)
+    c = scene_camera([-30.0, 0.0, 20.0, 45.0], [5.0, -5.0, 10.0, 0.0]).to_label()
+    with torch.no_grad():
+        rng = [torch.Generator().manual_seed(i) for i in range(4)]
+        want = teacher.synthesis(teacher.mapping(z, c), c, noise_mode="const", rng=rng)["image"]
+        got = student.synthesis(student.mapping(z, c), c, noise_mode="const")["image"]
+    # An untrained student of this shape scores about 12 dB against the teacher.
+    assert float(psnr(got, want).mean()) > 25

@@ -146,7 +146,7 @@ def test_settings_layering_and_errors(tmp_path, monkeypatch):
     assert ServiceSettings().api_key.get_secret_value() == "xyzzy-key"
     assert "xyzzy" not in repr(ServiceSettings())
     with pytest.raises(ValueError, match="nothing to serve"):
-        ServiceSettings(teacher="none")
+        ServiceSettings(teacher="none", student="none")
     with pytest.raises(ValueError, match="max_batch_size"):
         ServiceSettings(max_batch_size=0)
     with pytest.raises(FileNotFoundError):
