@@ -3,19 +3,11 @@ teacher behind it."""
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
-import torch
-from PIL import Image
 from service_helpers import run, serving
 
+from distill3d.models.images import read_image
 from distill3d.models.metrics import psnr
 from distill3d.service.settings import ServiceSettings
-
-
-def _pixels(content: bytes) -> np.ndarray:
-    return np.array(Image.open(io.BytesIO(content)).convert("RGB"))
 
 
 def test_the_default_service_renders_the_shipped_models():
@@ -30,15 +22,10 @@ def test_the_default_service_renders_the_shipped_models():
                 images[expected] = r.content
             return images
 
-    images = {name: _pixels(content) for name, content in run(scenario()).items()}
+    images = {name: read_image(content) for name, content in run(scenario()).items()}
     for image in images.values():
-        assert image.shape == (128, 128, 3)
-        foreground = (image.max(axis=2) > 20).mean()
+        assert image.shape == (3, 128, 128)
+        foreground = (image.amax(dim=0) > 20 / 127.5 - 1).float().mean()
         assert 0.15 < foreground < 0.9  # a figure on a black background, not noise or nothing
     # The student draws the teacher's figure (an untrained one scores about 12 dB).
-    student, teacher = (_signed(images[k]) for k in ("torch", "volumetric"))
-    assert float(psnr(student, teacher)) > 22
-
-
-def _signed(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    assert float(psnr(images["torch"][None], images["volumetric"][None])) > 22
