@@ -315,7 +315,7 @@ def cmd_orbit(args: argparse.Namespace) -> None:
     from .models.load import load_model
     from .models.render import RenderOptions, orbit_camera, render_ws
     from .models.rng import generator_for
-    from .service.video import encode_video
+    from .models.video import encode_video
 
     fmt = args.out.suffix.lower().lstrip(".")
     if fmt not in ("mp4", "webm", "gif"):
@@ -392,9 +392,9 @@ def _add_invert(sub: argparse._SubParsersAction) -> None:
 def cmd_invert(args: argparse.Namespace) -> None:
     from .models.checkpoint import save_checkpoint
     from .models.images import read_image, save_image, to_uint8
+    from .models.inversion import InversionConfig, invert, prepare_target
     from .models.latents import save_latent
     from .models.load import load_model
-    from .training.inversion import InversionConfig, invert, prepare_target
 
     camera = None
     if args.camera is not None:
@@ -411,7 +411,7 @@ def cmd_invert(args: argparse.Namespace) -> None:
     model = load_model(args.model, device)
     lpips = None
     if args.lpips is not None:
-        from .training.lpips import load_lpips
+        from .models.lpips import load_lpips
 
         lpips = load_lpips(args.lpips, device)
     result = invert(model, target, config, camera, lpips, progress=not args.quiet)
@@ -1055,7 +1055,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .models.checkpoint import read_checkpoint_info
-    from .training.evaluate import EvalConfig, evaluate
+    from .training.evaluation.evaluate import EvalConfig, evaluate
 
     device = _device(args.device)
     teacher = _load_teacher(args.teacher, "--teacher", device)
@@ -1076,13 +1076,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     inception = None
     real = None
     if args.fid_real is not None:
-        from .training.inception import load_inception
+        from .training.evaluation.inception import load_inception
 
         inception = load_inception(args.inception, device)  # fails before any rendering
         real = None if args.fid_real == "teacher" else args.fid_real
     lpips = None
     if not args.no_lpips:
-        from .training.lpips import find_lpips_weights, load_lpips
+        from .models.lpips import find_lpips_weights, load_lpips
 
         if args.lpips or find_lpips_weights() is not None:
             lpips = load_lpips(args.lpips, device)
@@ -1218,6 +1218,18 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     teacher_p.add_argument("--lr", type=float, default=2e-3)
     teacher_p.add_argument("--seed", type=int, default=0)
     teacher_p.add_argument(
+        "--preset",
+        default="demo",
+        help="architecture and framing: demo (the first demo world) or demo-face (faces fill "
+        "the image, finer tri-planes)",
+    )
+    teacher_p.add_argument(
+        "--feature-weight",
+        type=float,
+        default=0.0,
+        help="extra image-L1 weight on facial-feature pixels (eyes, pupils, nose, mouth, brows)",
+    )
+    teacher_p.add_argument(
         "--max-steps-this-run",
         type=int,
         help="stop (state saved) after this many steps, to split a run over sessions",
@@ -1300,7 +1312,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def cmd_demo_inversion(args: argparse.Namespace) -> None:
     from .models.load import load_model
-    from .training.demo_inversion import InversionStudyConfig, inversion_study
+    from .training.demo.inversion import InversionStudyConfig, inversion_study
 
     specs = args.model or ["student=default-student", "teacher=default"]
     models = {}
@@ -1350,8 +1362,8 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def cmd_demo_scenes(args: argparse.Namespace) -> None:
     from .models.images import batch_to_uint8, save_image
-    from .training.scenes import build_scenes, render_scenes, scene_camera
-    from .training.scenes import sample_z as scene_z
+    from .training.demo.scenes import build_scenes, render_scenes, scene_camera
+    from .training.demo.scenes import sample_z as scene_z
 
     seeds = _int_list(args.seeds, "--seeds")
     try:
@@ -1370,10 +1382,15 @@ def cmd_demo_scenes(args: argparse.Namespace) -> None:
 
 
 def cmd_demo_teacher(args: argparse.Namespace) -> None:
-    from .training.demo import TEACHER_DIR, DemoTeacherConfig, train_demo_teacher
+    from .training.demo.teacher import TEACHER_DIR, DemoTeacherConfig, train_demo_teacher
 
     config = DemoTeacherConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        preset=args.preset,
+        feature_weight=args.feature_weight,
     )
     evaluation = train_demo_teacher(
         args.out, config, _device(args.device), not args.quiet, args.max_steps_this_run
@@ -1387,7 +1404,7 @@ def cmd_demo_teacher(args: argparse.Namespace) -> None:
 
 
 def cmd_demo_dataset(args: argparse.Namespace) -> None:
-    from .training.demo_data import BiasedDatasetConfig, write_biased_dataset
+    from .training.demo.dataset import BiasedDatasetConfig, write_biased_dataset
 
     config = BiasedDatasetConfig(
         count=args.count,
@@ -1404,7 +1421,7 @@ def cmd_demo_dataset(args: argparse.Namespace) -> None:
 
 
 def cmd_demo_bias(args: argparse.Namespace) -> None:
-    from .training.demo_data import green_shift
+    from .training.demo.dataset import green_shift
 
     teacher = _load_teacher(args.teacher, "--teacher")
     results = {}
@@ -1423,7 +1440,7 @@ def cmd_demo_bias(args: argparse.Namespace) -> None:
 
 
 def cmd_demo_report(args: argparse.Namespace) -> None:
-    from .training.demo_report import DemoReportConfig, demo_report
+    from .training.demo.report import DemoReportConfig, demo_report
 
     teacher = _load_teacher(args.teacher, "--teacher")
     student = _load_student(args.student, "--student", command="demo report")

@@ -17,7 +17,7 @@ from .errors import CheckpointError
 
 DEFAULT_MODEL = "default"
 DEFAULT_STUDENT = "default-student"
-# The demo world's models (training/demo.py, docs/MODEL_CARD.md), installed with the package.
+# The demo world's models (training/demo/teacher.py, docs/MODEL_CARD.md), installed with the package.
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
 DEMO_TEACHER = SHIPPED_WEIGHTS / "demo-teacher"
 DEMO_STUDENT = SHIPPED_WEIGHTS / "demo-student"

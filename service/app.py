@@ -32,8 +32,9 @@ from .. import __version__
 from ..models.camera import Camera
 from ..models.editing import interpolate, style_mix
 from ..models.images import read_image
+from ..models.inversion import InversionConfig, invert
 from ..models.latents import z_from_seed
-from ..training.inversion import InversionConfig, invert
+from ..models.video import MEDIA_TYPES, encode_video
 from .engine import (
     BackendFailed,
     Batcher,
@@ -47,7 +48,6 @@ from .metrics import CONTENT_TYPE, ServiceMetrics
 from .models import LoadedModels, ModelInfo, load_models
 from .schemas import InvertRequest, LatentFields, OrbitRequest, RenderRequest, parse_query
 from .settings import ServiceSettings
-from .video import MEDIA_TYPES, encode_video
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models.lpips import LPIPS
 from .config import LossWeights
 from .data import TeacherBatch
-from .lpips import LPIPS
 
 
 def reconstruction_losses(

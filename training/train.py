@@ -240,7 +240,7 @@ def build_discriminator(config: TrainConfig, teacher: TriPlaneGenerator) -> Dual
 def load_lpips_for(config: TrainConfig, device: torch.device) -> nn.Module | None:
     if not config.use_lpips or config.loss.hr_lpips == 0:
         return None
-    from .lpips import load_lpips
+    from ..models.lpips import load_lpips
 
     return load_lpips(config.lpips, device)
 

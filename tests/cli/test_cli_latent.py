@@ -10,7 +10,7 @@ from PIL import Image
 
 from distill3d.cli import main
 from distill3d.models.latents import load_latent
-from distill3d.service.video import decode_video
+from distill3d.models.video import decode_video
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from distill3d.models.eg3d.presets import preset
 from distill3d.models.load import DEMO_STUDENT, DEMO_TEACHER, SHIPPED_WEIGHTS, load_model
 from distill3d.models.metrics import psnr
 from distill3d.models.student import Student
-from distill3d.training.scenes import build_scenes, render_scenes, sample_z, scene_camera
+from distill3d.training.demo.scenes import build_scenes, render_scenes, sample_z, scene_camera
 
 
 def test_shipped_weights_are_small_and_hash_checked():

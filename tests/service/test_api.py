@@ -11,7 +11,7 @@ from PIL import Image
 from service_helpers import metric, run, serving
 
 from distill3d.models.camera import Camera
-from distill3d.service.video import decode_video
+from distill3d.models.video import decode_video
 
 
 def _image(response) -> np.ndarray:

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from distill3d.cli import main
+from distill3d.models.video import decode_video
 from distill3d.service.loadtest import require_loopback, run_level, spawn_service
-from distill3d.service.video import decode_video
 
 
 def test_serve_process_answers_every_endpoint(checkpoints):

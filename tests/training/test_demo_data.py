@@ -13,7 +13,7 @@ from distill3d.models.camera import Camera
 from distill3d.models.errors import ConfigError
 from distill3d.models.student import student_from_teacher, student_preset
 from distill3d.training.dataset import ImageDataset
-from distill3d.training.demo_data import (
+from distill3d.training.demo.dataset import (
     BiasedDatasetConfig,
     draw_dataset,
     green_shift,
@@ -21,7 +21,7 @@ from distill3d.training.demo_data import (
     is_green,
     write_biased_dataset,
 )
-from distill3d.training.scenes import sample_z
+from distill3d.training.demo.scenes import sample_z
 
 
 def test_green_skin_is_more_frequent_at_large_yaw_by_construction():

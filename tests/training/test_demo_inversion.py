@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from distill3d.cli import main
-from distill3d.training.demo_inversion import InversionStudyConfig
+from distill3d.training.demo.inversion import InversionStudyConfig
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from distill3d.cli import main
 from distill3d.models.checkpoint import save_checkpoint
 from distill3d.models.load import init_generator
 from distill3d.models.student import student_from_teacher, student_preset
-from distill3d.service.video import decode_video
+from distill3d.models.video import decode_video
 
 
 def test_demo_report_writes_every_number_and_picture(tmp_path, capsys):

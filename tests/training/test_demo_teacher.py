@@ -12,7 +12,7 @@ from distill3d.cli import main
 from distill3d.models.errors import ConfigError
 from distill3d.models.load import init_generator, load_model
 from distill3d.models.render import w_avg_of
-from distill3d.training.demo import (
+from distill3d.training.demo.teacher import (
     DemoTeacherConfig,
     learning_rate,
     losses,

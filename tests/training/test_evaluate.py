@@ -12,8 +12,8 @@ from PIL import Image
 from distill3d.cli import main
 from distill3d.models.checkpoint import read_checkpoint_info, save_checkpoint
 from distill3d.models.student import student_from_teacher, student_preset
-from distill3d.service.video import decode_video
-from distill3d.training.evaluate import EvalConfig, _poses
+from distill3d.models.video import decode_video
+from distill3d.training.evaluation.evaluate import EvalConfig, _poses
 
 
 def test_poses_inside_and_beyond_the_training_range():

@@ -15,7 +15,7 @@ from distill3d.cli import main
 from distill3d.models.checkpoint import save_checkpoint
 from distill3d.models.errors import ConfigError
 from distill3d.models.student import student_from_teacher, student_preset
-from distill3d.training.fid import (
+from distill3d.training.evaluation.fid import (
     FeatureStats,
     features_of,
     fid,
@@ -24,7 +24,7 @@ from distill3d.training.fid import (
     image_files,
     kid,
 )
-from distill3d.training.inception import (
+from distill3d.training.evaluation.inception import (
     ENV_VAR,
     WEIGHTS_FILENAME,
     FIDInceptionV3,

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from distill3d.models.errors import ConfigError
+from distill3d.models.inversion import InversionConfig, invert
 from distill3d.models.latents import z_from_seed
 from distill3d.models.load import load_model
 from distill3d.models.render import RenderOptions, orbit_camera, render
 from distill3d.models.rng import generator_for
-from distill3d.training.inversion import InversionConfig, invert
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from distill3d.models.errors import ConfigError
-from distill3d.training.lpips import (
+from distill3d.models.lpips import (
     LPIPS,
     TAP_CHANNELS,
     VGG16_FILENAME,

@@ -10,7 +10,7 @@ import torch
 
 from distill3d.cli import main
 from distill3d.models.eg3d.renderer import sample_rays
-from distill3d.training.scenes import (
+from distill3d.training.demo.scenes import (
     PARTS,
     SCENE_DIM,
     attributes,

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.camera import Camera
-from ..models.eg3d.generator import TriPlaneGenerator
-from ..models.images import batch_to_uint8, save_image
-from ..models.metrics import psnr, reprojection_error, ssim
-from ..models.rng import generator_for
-from ..models.student import Student
-from .demo_data import green_shift
+from ...models.camera import Camera
+from ...models.eg3d.generator import TriPlaneGenerator
+from ...models.images import batch_to_uint8, save_image
+from ...models.metrics import psnr, reprojection_error, ssim
+from ...models.rng import generator_for
+from ...models.student import Student
+from .dataset import green_shift
 from .scenes import build_scenes, render_scenes, sample_z, scene_camera
 
 REPORT_SEED = 20_000_003  # held-out scenes: neither a training step's nor the eval's stream
@@ -157,7 +157,7 @@ def demo_report(
 
 
 def _speed(teacher: TriPlaneGenerator, student: Student, repeats: int) -> dict[str, float]:
-    from ..export.bench import measure, student_torch_runners, teacher_runner
+    from ...export.bench import measure, student_torch_runners, teacher_runner
 
     device = str(next(teacher.parameters()).device)
     rows = {
@@ -175,7 +175,7 @@ def _turntable(
     config: DemoReportConfig,
     path: Path,
 ) -> None:
-    from ..service.video import encode_video
+    from ...models.video import encode_video
 
     frames = []
     t = np.arange(config.turntable_frames) / config.turntable_frames

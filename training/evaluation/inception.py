@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from distill3d.models.errors import ConfigError
+from ...models.errors import ConfigError
 
 ENV_VAR = "DISTILL3D_INCEPTION"
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"

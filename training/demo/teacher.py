@@ -1,13 +1,17 @@
 """``distill3d demo teacher``: train an EG3D-architecture teacher on the procedural demo world.
 
 The teacher learns ``z -> render(scene(z), camera)`` by multi-view reconstruction: every step
-draws fresh latents and cameras, ray-traces the ground truth (``training/scenes.py``), renders the
+draws fresh latents and cameras, ray-traces the ground truth (``training/demo/scenes.py``), renders the
 same latents and cameras volumetrically, and minimises
 
 - L1 on the 128 px image and on the 32 px raw (volume-rendered) image against the box-filtered
   ground truth,
 - L1 of the accumulated opacity against the figure's pixel coverage (empty space stays empty),
 - L1 of the rendered depth against the exact ray distance on fully covered pixels,
+
+with the image terms weighted up (``feature_weight``) where the ground truth shows a facial
+feature (eyes, pupils, nose, mouth, brows): they cover a few percent of the pixels, and a plain L1
+averages them away into a smooth face,
 
 so geometry is supervised directly and the result is 3D-consistent by construction. An EMA of
 the weights is what gets saved. Everything is a function of ``seed`` and the step number (the
@@ -30,15 +34,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.checkpoint import save_checkpoint
-from ..models.eg3d.generator import TriPlaneGenerator
-from ..models.errors import ConfigError
-from ..models.images import batch_to_uint8, save_image
-from ..models.load import init_generator
-from ..models.metrics import psnr
-from ..models.rng import generator_for
-from .scenes import SCENE_DIM, build_scenes, render_scenes, sample_z, scene_camera
-from .train import STATE_DIR, load_state_folder, save_state_folder
+from ...models.camera import Camera
+from ...models.checkpoint import save_checkpoint
+from ...models.eg3d.generator import TriPlaneGenerator
+from ...models.errors import ConfigError
+from ...models.images import batch_to_uint8, save_image
+from ...models.load import init_generator
+from ...models.metrics import psnr
+from ...models.rng import generator_for
+from ..train import STATE_DIR, load_state_folder, save_state_folder
+from .scenes import (
+    SCENE_DIM,
+    build_scenes,
+    feature_mask,
+    render_scenes,
+    sample_z,
+    scene_camera,
+)
 
 CONFIG_NAME = "demo_teacher.json"
 TEACHER_DIR = "teacher"
@@ -49,6 +61,7 @@ EVAL_YAWS = (-45.0, 0.0, 45.0)
 @dataclass(frozen=True)
 class DemoTeacherConfig:
     steps: int = 15000  # x 8 images: about 3 hours on 2 CPU cores
+    preset: str = "demo"  # the architecture (``models/eg3d/presets.py``); "demo-face" frames faces
     batch_size: int = 8
     lr: float = 2e-3
     warmup_steps: int = 200
@@ -64,6 +77,7 @@ class DemoTeacherConfig:
     raw_weight: float = 1.0
     alpha_weight: float = 0.5
     depth_weight: float = 1.0
+    feature_weight: float = 0.0  # extra image-L1 weight on facial-feature pixels (0: plain L1)
     log_every: int = 10
     checkpoint_every: int = 250
     eval_every: int = 500
@@ -74,6 +88,8 @@ class DemoTeacherConfig:
             raise ConfigError("steps, batch_size and eval_scenes must be at least 1")
         if not 0 < self.pitch_deg < 90 or not 0 < self.yaw_deg <= 180:
             raise ConfigError("need 0 < pitch_deg < 90 and 0 < yaw_deg <= 180")
+        if self.feature_weight < 0:
+            raise ConfigError("feature_weight must be >= 0")
         if self.mapping_lr_scale <= 0:
             raise ConfigError("mapping_lr_scale must be positive")
         if not 0 <= self.ema_beta < 1:
@@ -87,7 +103,9 @@ class DemoTeacherConfig:
         anything that changes what a step computes must match."""
         free = {"steps", "log_every", "checkpoint_every", "eval_every", "eval_scenes"}
         mine = asdict(self)
-        changed = sorted(k for k in mine if k not in free and saved.get(k) != mine[k])
+        # A setting that a run's file predates had its default value then.
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        changed = sorted(k for k in mine if k not in free and saved.get(k, defaults[k]) != mine[k])
         if changed:
             pairs = ", ".join(f"{k}: run {saved.get(k)!r}, now {mine[k]!r}" for k in changed)
             raise ConfigError(
@@ -115,17 +133,24 @@ def learning_rate(config: DemoTeacherConfig, step: int) -> float:
     return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def model_camera(teacher: TriPlaneGenerator, yaw: list[float], pitch: list[float]) -> Camera:
+    """Demo-world cameras framed as ``teacher`` was trained (its focal length)."""
+    return scene_camera(yaw, pitch, teacher.config.rendering.focal_length)
+
+
 def losses(
     teacher: TriPlaneGenerator,
     z: torch.Tensor,
     yaw: list[float],
     pitch: list[float],
     rng: torch.Generator | None = None,
+    feature_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """The reconstruction terms for one batch (unweighted); ``rng`` drives the ray jitter and
+    """The reconstruction terms for one batch (unweighted against each other; the image terms
+    count facial-feature pixels ``1 + feature_weight`` times); ``rng`` drives the ray jitter and
     importance samples (a step's own generator keeps resumed runs exact)."""
     device = next(teacher.parameters()).device
-    camera = scene_camera(yaw, pitch)
+    camera = model_camera(teacher, yaw, pitch)
     raw_res = teacher.config.neural_rendering_resolution
     with torch.no_grad():
         truth = render_scenes(build_scenes(z), camera, teacher.config.img_resolution, 1)
@@ -133,13 +158,16 @@ def losses(
     factor = teacher.config.img_resolution // raw_res
     image_lr = F.avg_pool2d(truth.image, factor).to(device)
     coverage = F.avg_pool2d(truth.mask, factor).to(device)
+    weight = (1 + feature_weight * feature_mask(truth.part).float()).to(device)
+    weight = weight / weight.mean()  # the same overall scale as a plain L1
+    weight_lr = F.avg_pool2d(weight, factor)
     c = camera.to_label().to(device)
     out = teacher.synthesis(teacher.mapping(z.to(device), c), c, noise_mode="const", rng=rng)
     solid = (coverage > 0.999) & torch.isfinite(truth_lr.depth.to(device))
     depth_error = (out["image_depth"] - truth_lr.depth.to(device).nan_to_num(posinf=0)).abs()
     return {
-        "image": (out["image"] - truth.image.to(device)).abs().mean(),
-        "raw": (out["image_raw"] - image_lr).abs().mean(),
+        "image": ((out["image"] - truth.image.to(device)).abs() * weight).mean(),
+        "raw": ((out["image_raw"] - image_lr).abs() * weight_lr).mean(),
         "alpha": (out["image_alpha"] - coverage).abs().mean(),
         "depth": torch.where(solid, depth_error, 0.0).sum() / solid.sum().clamp(min=1),
     }
@@ -161,25 +189,37 @@ def set_w_avg(teacher: TriPlaneGenerator, samples: int = 4096, seed: int = 0) ->
     teacher.backbone.mapping.w_avg.copy_(ws[:, 0].mean(0))
 
 
+def feature_psnr(image: torch.Tensor, truth: torch.Tensor, part: torch.Tensor) -> float:
+    """PSNR in dB over the facial-feature pixels of a batch (``scenes.feature_mask``) only: a
+    model that draws a smooth face where the eyes, nose and mouth are scores low here however
+    well it draws the rest."""
+    mask = feature_mask(part).expand_as(truth)
+    error = ((image.clamp(-1, 1) - truth) / 2).square()[mask]
+    return float(-10 * torch.log10(error.mean().clamp_min(1e-10)))
+
+
 @torch.no_grad()
 def evaluate_teacher(teacher: TriPlaneGenerator, scenes: int) -> dict[str, float]:
-    """PSNR against ground truth and depth error on held-out scenes at three yaws."""
+    """PSNR against ground truth (whole image and facial features only) and depth error on
+    held-out scenes at three yaws."""
     device = next(teacher.parameters()).device
     z = sample_z(EVAL_SEED, scenes)
-    psnrs, depth_errors = [], []
+    psnrs, feature_psnrs, depth_errors = [], [], []
     for yaw in EVAL_YAWS:
-        camera = scene_camera([yaw] * scenes, [10.0] * scenes)
+        camera = model_camera(teacher, [yaw] * scenes, [10.0] * scenes)
         truth = render_scenes(build_scenes(z), camera, teacher.config.img_resolution, 2)
         res = teacher.config.neural_rendering_resolution
         truth_lr = render_scenes(build_scenes(z), camera, res, 1)
         c = camera.to_label().to(device)
         out = teacher.synthesis(teacher.mapping(z.to(device), c), c, noise_mode="const")
         psnrs.append(psnr(out["image"].cpu(), truth.image))
+        feature_psnrs.append(feature_psnr(out["image"].cpu(), truth.image, truth.part))
         solid = torch.isfinite(truth_lr.depth)
         err = (out["image_depth"].cpu() - truth_lr.depth.nan_to_num(posinf=0)).abs()
         depth_errors.append(float((err * solid).sum() / solid.sum().clamp(min=1)))
     return {
         "psnr_db": round(float(torch.cat(psnrs).mean()), 3),
+        "feature_psnr_db": round(sum(feature_psnrs) / len(feature_psnrs), 3),
         "depth_mae": round(sum(depth_errors) / len(depth_errors), 5),
     }
 
@@ -191,7 +231,7 @@ def sample_grid(teacher: TriPlaneGenerator, path: Path, scenes: int = 4) -> None
     z = sample_z(EVAL_SEED, scenes)
     rows = []
     for yaw in EVAL_YAWS:
-        camera = scene_camera([yaw] * scenes, [10.0] * scenes)
+        camera = model_camera(teacher, [yaw] * scenes, [10.0] * scenes)
         truth = render_scenes(build_scenes(z), camera, teacher.config.img_resolution, 2).image
         c = camera.to_label().to(device)
         image = teacher.synthesis(teacher.mapping(z.to(device), c), c, noise_mode="const")["image"]
@@ -215,7 +255,8 @@ def train_demo_teacher(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / CONFIG_NAME
-    teacher = init_generator("demo", seed=config.seed).to(device).train().requires_grad_(True)
+    teacher = init_generator(config.preset, seed=config.seed).to(device)
+    teacher = teacher.train().requires_grad_(True)
     ema = copy.deepcopy(teacher).eval().requires_grad_(False)
     mapping = [p for n, p in teacher.named_parameters() if n.startswith("backbone.mapping.")]
     rest = [p for n, p in teacher.named_parameters() if not n.startswith("backbone.mapping.")]
@@ -252,7 +293,7 @@ def train_demo_teacher(
                 group["lr"] = learning_rate(config, step) * group["scale"]
             z, yaw, pitch = step_batch(config, step)
             rng = generator_for(2**31 + config.seed * 1_000_003 + step, device)
-            terms = losses(teacher, z, yaw, pitch, rng)
+            terms = losses(teacher, z, yaw, pitch, rng, config.feature_weight)
             total = (
                 terms["image"]
                 + config.raw_weight * terms["raw"]

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.errors import ConfigError
-from ..models.render import Generator
-from ..models.rng import generator_for
+from ...models.errors import ConfigError
+from ...models.render import Generator
+from ...models.rng import generator_for
 from .scenes import SCENE_DIM, attributes, build_scenes, render_scenes, scene_camera
 
 GREEN_SKIN = (0.7, 0.9)  # the skin-palette positions (attribute 3) that are green

@@ -1,4 +1,4 @@
-"""FID and KID between two image sets, from FID-Inception pool3 features (``training.inception``).
+"""FID and KID between two image sets, from FID-Inception pool3 features (``training.evaluation.inception``).
 
 - FID (Heusel et al. 2017): the Fréchet distance between Gaussians fitted to the two feature
   sets, ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``. The trace of the matrix
@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from distill3d.models.errors import ConfigError
-
+from ...models.errors import ConfigError
 from .inception import INPUT_SIZE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

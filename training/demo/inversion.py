@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.images import batch_to_uint8, save_image
-from ..models.metrics import psnr
-from ..models.render import Generator, orbit_camera, render_ws
-from ..models.rng import generator_for
-from .inversion import InversionConfig, invert
+from ...models.images import batch_to_uint8, save_image
+from ...models.inversion import InversionConfig, invert
+from ...models.metrics import psnr
+from ...models.render import Generator, orbit_camera, render_ws
+from ...models.rng import generator_for
 from .scenes import build_scenes, render_scenes, sample_z, scene_camera
 
 INVERSION_SEED = 30_000_001  # held-out scenes: no training step, eval or report uses this stream

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..models.camera import Camera
-from ..models.eg3d.presets import DEMO_CAMERA_RADIUS, DEMO_FOCAL, DEMO_Z_DIM
-from ..models.eg3d.renderer import sample_rays
+from ...models.camera import Camera
+from ...models.eg3d.presets import DEMO_CAMERA_RADIUS, DEMO_FOCAL, DEMO_Z_DIM
+from ...models.eg3d.renderer import sample_rays
 
 SCENE_DIM = DEMO_Z_DIM  # latent size: one number per attribute
 CAMERA_RADIUS = DEMO_CAMERA_RADIUS
@@ -49,6 +49,8 @@ LIPS = (0.60, 0.15, 0.18)
 # Which primitive is which (rows of Primitives); "headwear" parts are switched on per scene.
 PARTS = ("skull", "neck", "eye_l", "eye_r", "pupil_l", "pupil_r", "nose", "mouth", "ear_l",
          "ear_r", "hair", "hat_crown", "hat_brim", "brow_l", "brow_r")  # fmt: skip
+# The facial features: what a teacher must draw for a face to read as one.
+FEATURE_PARTS = ("eye_l", "eye_r", "pupil_l", "pupil_r", "nose", "mouth", "brow_l", "brow_r")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class SceneRender:
     image: torch.Tensor  # [N, 3, R, R] in [-1, 1], black background
     depth: torch.Tensor  # [N, 1, R, R] distance along the pixel-centre ray; inf where it misses
     mask: torch.Tensor  # [N, 1, R, R] fraction of the pixel covered by the figure
+    part: torch.Tensor  # [N, 1, R, R] index into PARTS hit by the pixel-centre ray; -1 on a miss
 
 
 def sample_z(seed: int, n: int) -> torch.Tensor:
@@ -221,6 +224,25 @@ def _const(colour: tuple[float, float, float], n: int) -> torch.Tensor:
     return torch.tensor(colour, dtype=torch.float32).expand(n, 3)
 
 
+def _nearest_hits(
+    scenes: Primitives, i: int, o: torch.Tensor, d: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scene ``i``'s nearest ellipsoid along rays o + t d [M, 3]: distance [M] (inf on a miss),
+    the ellipsoid's index [M], and the rays in every ellipsoid's unit-sphere frame [M, K, 3]."""
+    inv, c = scenes.inverse[i], scenes.centre[i]  # [K, 3, 3], [K, 3]
+    o_local = torch.einsum("kij,mkj->mki", inv, o[:, None, :] - c[None])  # [M, K, 3]
+    d_local = torch.einsum("kij,mj->mki", inv, d)
+    a = d_local.square().sum(-1)
+    b = 2 * (o_local * d_local).sum(-1)
+    q = o_local.square().sum(-1) - 1
+    disc = b.square() - 4 * a * q
+    t = (-b - disc.clamp(min=0).sqrt()) / (2 * a)
+    hit = (disc > 0) & (t > 0) & scenes.active[i][None]
+    t = torch.where(hit, t, torch.full_like(t, math.inf))
+    depth, k = t.min(dim=1)  # [M]
+    return depth, k, o_local, d_local
+
+
 def trace(
     scenes: Primitives, origins: torch.Tensor, directions: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,22 +252,12 @@ def trace(
     light = F.normalize(torch.tensor(LIGHT), dim=0)
     for i in range(len(scenes)):  # one scene at a time bounds memory to M x K
         o, d = origins[i], directions[i]  # [M, 3]
-        inv, c = scenes.inverse[i], scenes.centre[i]  # [K, 3, 3], [K, 3]
-        o_local = torch.einsum("kij,mkj->mki", inv, o[:, None, :] - c[None])  # [M, K, 3]
-        d_local = torch.einsum("kij,mj->mki", inv, d)
-        a = d_local.square().sum(-1)
-        b = 2 * (o_local * d_local).sum(-1)
-        q = o_local.square().sum(-1) - 1
-        disc = b.square() - 4 * a * q
-        t = (-b - disc.clamp(min=0).sqrt()) / (2 * a)
-        hit = (disc > 0) & (t > 0) & scenes.active[i][None]
-        t = torch.where(hit, t, torch.full_like(t, math.inf))
-        depth, k = t.min(dim=1)  # [M]
+        depth, k, o_local, d_local = _nearest_hits(scenes, i, o, d)
         missed = torch.isinf(depth)
         idx = torch.arange(len(k))
         p_local = o_local[idx, k] + depth.clamp(max=1e3)[:, None] * d_local[idx, k]
         # The ellipsoid's normal: the unit sphere's, pulled back through the affine map.
-        normal = F.normalize(torch.einsum("mji,mj->mi", inv[k], p_local), dim=-1)
+        normal = F.normalize(torch.einsum("mji,mj->mi", scenes.inverse[i][k], p_local), dim=-1)
         point = o + depth.clamp(max=1e3)[:, None] * d
         band = scenes.band_y[i][k]
         in_band = (point[:, 1] > band[:, 0]) & (point[:, 1] < band[:, 1])
@@ -255,6 +267,21 @@ def trace(
         colours.append(colour)
         depths.append(depth)
     return torch.stack(colours), torch.stack(depths)
+
+
+def hit_parts(scenes: Primitives, origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Index into ``PARTS`` of the primitive each ray [N, M, 3] hits first: [N, M], -1 on a miss."""
+    parts = []
+    for i in range(len(scenes)):
+        depth, k, _, _ = _nearest_hits(scenes, i, origins[i], directions[i])
+        parts.append(torch.where(torch.isinf(depth), -1, k))
+    return torch.stack(parts)
+
+
+def feature_mask(part: torch.Tensor) -> torch.Tensor:
+    """Where a part map (``SceneRender.part``) shows a facial feature (``FEATURE_PARTS``)."""
+    ids = torch.tensor([PARTS.index(p) for p in FEATURE_PARTS])
+    return torch.isin(part, ids)
 
 
 def render_scenes(
@@ -273,9 +300,13 @@ def render_scenes(
         covered = F.avg_pool2d(covered, supersample)
         origins, directions = sample_rays(camera.cam2world, camera.intrinsics, r)
         _, depth = trace(scenes, origins, directions)
-    return SceneRender(image * 2 - 1, depth.reshape(n, 1, r, r), covered)
+    part = hit_parts(scenes, origins, directions).reshape(n, 1, r, r)
+    return SceneRender(image * 2 - 1, depth.reshape(n, 1, r, r), covered, part)
 
 
-def scene_camera(yaw_deg: list[float], pitch_deg: list[float]) -> Camera:
-    """Orbit cameras of the demo world (its radius, pivot and focal length)."""
-    return Camera.orbit(yaw_deg, pitch_deg, CAMERA_RADIUS, CAMERA_PIVOT, CAMERA_FOCAL)
+def scene_camera(
+    yaw_deg: list[float], pitch_deg: list[float], focal: float = CAMERA_FOCAL
+) -> Camera:
+    """Orbit cameras of the demo world (its radius and pivot); ``focal`` sets the framing and is
+    the model's own (``EG3DConfig.rendering.focal_length``) when one is measured."""
+    return Camera.orbit(yaw_deg, pitch_deg, CAMERA_RADIUS, CAMERA_PIVOT, focal)

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from distill3d.models.errors import ConfigError
+from .errors import ConfigError
 
 ENV_VAR = "DISTILL3D_LPIPS"
 VGG16_FILENAME = "vgg16-397923af.pth"

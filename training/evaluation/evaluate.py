@@ -27,14 +27,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..models.camera import Camera
-from ..models.eg3d.generator import TriPlaneGenerator
-from ..models.errors import ConfigError
-from ..models.images import batch_to_uint8, save_image
-from ..models.metrics import psnr, reprojection_error, ssim
-from ..models.render import frontal_camera, orbit_camera
-from ..models.rng import generator_for
-from ..models.student import Student
+from ...models.camera import Camera
+from ...models.eg3d.generator import TriPlaneGenerator
+from ...models.errors import ConfigError
+from ...models.images import batch_to_uint8, save_image
+from ...models.metrics import psnr, reprojection_error, ssim
+from ...models.render import frontal_camera, orbit_camera
+from ...models.rng import generator_for
+from ...models.student import Student
 from .fid import KID, FeatureStats, features_of, fid, folder_batches, format_kid, image_files, kid
 
 
@@ -272,7 +272,7 @@ def _counted(batches: Iterable[torch.Tensor], bar: Any) -> Iterator[torch.Tensor
 def _turntable(
     teacher: TriPlaneGenerator, student: Student, w: torch.Tensor, config: EvalConfig, path: Path
 ) -> None:
-    from ..service.video import encode_video
+    from ...models.video import encode_video
 
     t = np.arange(config.turntable_frames) / config.turntable_frames
     yaws = (1.5 * config.train_yaw_deg * np.sin(2 * np.pi * t)).tolist()

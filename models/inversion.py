@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.errors import ConfigError
-from ..models.latents import FittedLatent
-from ..models.metrics import psnr
-from ..models.render import Generator, frontal_camera, orbit_camera, w_avg_of
-from ..models.rng import generator_for
+from .errors import ConfigError
+from .latents import FittedLatent
+from .metrics import psnr
+from .render import Generator, frontal_camera, orbit_camera, w_avg_of
+from .rng import generator_for
 
 Space = Literal["w", "w+"]
 MAX_PITCH_DEG = 80.0

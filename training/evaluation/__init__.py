@@ -1,0 +1,1 @@
+"""Evaluation of students against teachers: fidelity, 3D consistency, FID/KID."""
