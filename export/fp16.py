@@ -15,15 +15,14 @@ from typing import Any
 import numpy as np
 
 from ..models.checkpoint import sha256_file
+from ..models.runtime.errors import ExportError
+from ..models.runtime.export_files import graph_path, read_export
 from .onnx import (
     STUDENT_FP16_GRAPH,
     VERIFY_BATCH_SIZES,
-    ExportError,
     GraphSpec,
     _set_metadata,
-    graph_path,
     graph_properties,
-    read_export,
     sample_inputs,
     write_metadata,
 )

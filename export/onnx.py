@@ -30,7 +30,10 @@ from torch import nn
 
 from .. import __version__
 from ..models.checkpoint import sha256_file
+from ..models.editing import truncate
 from ..models.render import frontal_camera
+from ..models.runtime.errors import ExportError
+from ..models.runtime.export_files import EXPORT_FORMAT, METADATA_NAME, graph_path
 from ..models.student import Student
 
 log = logging.getLogger(__name__)
@@ -39,13 +42,8 @@ OPSET = 18
 STUDENT_GRAPH = "student.onnx"
 MAPPING_GRAPH = "mapping.onnx"
 STUDENT_FP16_GRAPH = "student_fp16.onnx"
-METADATA_NAME = "export.json"
 VERIFY_BATCH_SIZES = (1, 2, 5)
 MAX_BATCH = 1024  # upper bound of the exported dynamic batch axis
-
-
-class ExportError(RuntimeError):
-    """An export that could not be produced or did not verify."""
 
 
 class StudentGraph(nn.Module):
@@ -77,8 +75,7 @@ class MappingGraph(nn.Module):
     def forward(self, z: torch.Tensor, truncation_psi: torch.Tensor) -> tuple[torch.Tensor]:
         c = self.c_frontal.expand(z.shape[0], -1)  # already zeroed/scaled for the mapping
         w = self.mapping(z, c)[:, 0]
-        w_avg = self.mapping.w_avg
-        return (w_avg + truncation_psi * (w - w_avg),)
+        return (truncate(w, self.mapping.w_avg, truncation_psi),)
 
 
 @dataclass
@@ -273,7 +270,7 @@ def export_onnx(
         graphs["mapping"] = mspec
 
         metadata = {
-            "format": "distill3d-export",
+            "format": EXPORT_FORMAT,
             "format_version": 1,
             "distill3d_version": __version__,
             "torch_version": torch.__version__,
@@ -319,46 +316,6 @@ def write_metadata(folder: Path, metadata: dict[str, Any]) -> None:
     tmp = folder / f".{METADATA_NAME}.tmp"
     tmp.write_text(json.dumps(metadata, indent=2) + "\n")
     os.replace(tmp, folder / METADATA_NAME)
-
-
-def read_export(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """``export.json`` of an export folder, with a clear error for anything else."""
-    path = Path(folder) / METADATA_NAME
-    if not path.is_file():
-        raise ExportError(
-            f"{folder} is not an export folder (no {METADATA_NAME}); create one with "
-            "distill3d export onnx --model STUDENT --out DIR"
-        )
-    try:
-        metadata = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ExportError(
-            f"{path} is not valid JSON ({exc}); re-run distill3d export onnx"
-        ) from exc
-    if metadata.get("format") != "distill3d-export":
-        raise ExportError(f"{path} is not a distill3d export description")
-    return metadata
-
-
-def graph_path(folder: str | os.PathLike[str], metadata: dict[str, Any], key: str) -> Path:
-    """The file of graph ``key``, checked against the hash recorded when it was exported."""
-    graphs = metadata.get("graphs", {})
-    if key not in graphs:
-        hint = (
-            "run distill3d export fp16 --onnx DIR"
-            if key == "student_fp16"
-            else "re-run distill3d export onnx"
-        )
-        raise ExportError(f"{folder} has no {key} graph (it has {sorted(graphs)}); {hint}")
-    path = Path(folder) / graphs[key]["file"]
-    if not path.is_file():
-        raise ExportError(f"{path} is missing; re-run distill3d export onnx")
-    if sha256_file(path) != graphs[key]["sha256"]:
-        raise ExportError(
-            f"{path} does not match the hash in {METADATA_NAME} (changed after export); "
-            "re-run distill3d export onnx"
-        )
-    return path
 
 
 def sample_inputs(

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .onnx import ExportError, graph_path, read_export
-from .tensorrt import GRAPHS, PLAN_METADATA, PlanMetadata
+from ..models.runtime.errors import ExportError
+from ..models.runtime.export_files import graph_path, read_export
+from ..models.runtime.tensorrt import GRAPHS, PLAN_METADATA, PlanMetadata
 
 CONFIG_NAME = "config.pbtxt"
 KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU", "auto": "KIND_AUTO"}

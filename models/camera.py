@@ -208,3 +208,54 @@ class Camera:
         cam = (world2cam @ homogeneous.transpose(1, 2)).transpose(1, 2)[..., :3]
         uvw = (self.intrinsics @ cam.transpose(1, 2)).transpose(1, 2)
         return torch.cat([uvw[..., :2] / uvw[..., 2:3], cam[..., 2:3]], dim=-1)
+
+
+@dataclass(frozen=True)
+class CameraConvention:
+    """The cameras a model was trained with: an orbit of ``radius`` around the origin looking at
+    ``pivot``, with normalised focal length ``focal``.
+
+    Everything that turns yaw/pitch into a camera for a model (rendering, the service, exports)
+    goes through this one description, whether it comes from a checkpoint's rendering config or
+    from an export's metadata.
+    """
+
+    radius: float
+    pivot: tuple[float, float, float]
+    focal: float
+
+    @classmethod
+    def of_rendering(cls, rendering: object) -> CameraConvention:
+        """From a model's rendering config (``avg_camera_radius``, ``avg_camera_pivot``,
+        ``focal_length``), as checkpoints record it."""
+        return cls(
+            float(rendering.avg_camera_radius),  # type: ignore[attr-defined]
+            tuple(float(v) for v in rendering.avg_camera_pivot),  # type: ignore[attr-defined]
+            float(rendering.focal_length),  # type: ignore[attr-defined]
+        )
+
+    @classmethod
+    def from_json(cls, camera: dict[str, object]) -> CameraConvention:
+        """From an export's ``camera`` entry (``radius``, ``pivot``, ``focal_length``)."""
+        pivot = tuple(float(v) for v in camera["pivot"])  # type: ignore[attr-defined]
+        return cls(float(camera["radius"]), pivot, float(camera["focal_length"]))  # type: ignore[arg-type]
+
+    @property
+    def fov_deg(self) -> float:
+        """Horizontal field of view of the convention's cameras, degrees."""
+        return math.degrees(2 * math.atan(0.5 / self.focal))
+
+    def orbit(
+        self,
+        yaw_deg: float | Sequence[float] | torch.Tensor = 0.0,
+        pitch_deg: float | Sequence[float] | torch.Tensor = 0.0,
+        radius: float | None = None,
+        fov_deg: float | None = None,
+    ) -> Camera:
+        """Cameras at yaw/pitch degrees; ``radius`` and ``fov_deg`` default to the convention's."""
+        focal = focal_from_fov(fov_deg) if fov_deg is not None else self.focal
+        return Camera.orbit(yaw_deg, pitch_deg, radius or self.radius, self.pivot, focal)
+
+    def frontal(self, batch_size: int = 1) -> Camera:
+        """The frontal camera EG3D conditions the mapping with."""
+        return Camera.frontal(self.radius, self.pivot, self.focal, batch_size)

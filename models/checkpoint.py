@@ -29,6 +29,7 @@ from .. import __version__
 from .eg3d.config import EG3DConfig
 from .eg3d.generator import TriPlaneGenerator
 from .errors import CheckpointError
+from .sidecar import SidecarSpec, read_sidecar
 from .student import Student, StudentConfig
 
 FORMAT_VERSION = 1
@@ -126,27 +127,23 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+CHECKPOINT_SIDECAR = SidecarSpec(
+    what="checkpoint config",
+    fix="upgrade distill3d or re-create the checkpoint",
+    error=CheckpointError,
+    versions=(FORMAT_VERSION,),
+)
+
+
 def read_checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
     """Parse and validate ``config.json`` without touching the weights."""
     path = Path(path)
     config_path = path / CONFIG_NAME
-    if not config_path.is_file():
-        raise CheckpointError(
-            f"{path} is not a distill3d checkpoint (no {CONFIG_NAME}); create one with "
-            "`distill3d init` or `distill3d convert`"
-        )
-    try:
-        document = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise CheckpointError(f"{config_path} must hold a JSON object")
-    version = document.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{config_path} has format_version {version!r}; this distill3d reads version "
-            f"{FORMAT_VERSION}. Upgrade distill3d or re-create the checkpoint."
-        )
+    missing = (
+        f"{path} is not a distill3d checkpoint (no {CONFIG_NAME}); create one with "
+        "`distill3d init` or `distill3d convert`"
+    )
+    document = read_sidecar(config_path, CHECKPOINT_SIDECAR, missing)
     name = document.get("class")
     if name not in MODEL_CLASSES:
         raise CheckpointError(

@@ -53,9 +53,16 @@ def style_mix(
 
 
 def truncate(
-    w: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | None = None
+    w: torch.Tensor, w_avg: torch.Tensor, psi: float | torch.Tensor, cutoff: int | None = None
 ) -> torch.Tensor:
-    """``w_avg + psi (w - w_avg)``; with ``cutoff`` only on the first ``cutoff`` rows of ws."""
+    """``w_avg + psi (w - w_avg)``; with ``cutoff`` only on the first ``cutoff`` rows of ws.
+
+    The one truncation of the project: the mapping networks, rendering, the service's batches
+    and the exported mapping graph all call it. ``psi`` is a number or a tensor that broadcasts
+    against ``w`` (one psi per latent in a batch: shape [N, 1]).
+    """
+    if isinstance(psi, torch.Tensor):
+        psi = psi.to(w)
     if cutoff is None:
         return torch.lerp(w_avg.to(w), w, psi)
     if w.ndim < 2:

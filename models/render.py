@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .camera import Camera
+from .camera import Camera, CameraConvention
 from .editing import truncate
 from .eg3d.generator import TriPlaneGenerator
 from .rng import RandomSource
@@ -37,15 +37,12 @@ class RenderOptions:
 
 def w_avg_of(generator: Generator) -> torch.Tensor:
     """The average w that truncation pulls towards (the teacher's, also inside a student)."""
-    if isinstance(generator, Student):
-        return generator.w_avg
-    return generator.backbone.mapping.w_avg
+    return generator.w_avg
 
 
 def frontal_camera(generator: Generator, batch_size: int = 1) -> Camera:
     """The camera EG3D conditions the mapping with: frontal, at the model's radius and pivot."""
-    rk = generator.config.rendering
-    return Camera.frontal(rk.avg_camera_radius, rk.avg_camera_pivot, rk.focal_length, batch_size)
+    return CameraConvention.of_rendering(generator.config.rendering).frontal(batch_size)
 
 
 def orbit_camera(
@@ -55,10 +52,7 @@ def orbit_camera(
 ) -> Camera:
     """A camera at yaw/pitch degrees around the model's pivot, at its radius and focal length
     (differentiable in tensor angles, which inversion optimises)."""
-    rk = generator.config.rendering
-    return Camera.orbit(
-        yaw_deg, pitch_deg, rk.avg_camera_radius, rk.avg_camera_pivot, rk.focal_length
-    )
+    return CameraConvention.of_rendering(generator.config.rendering).orbit(yaw_deg, pitch_deg)
 
 
 @torch.no_grad()

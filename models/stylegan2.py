@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import ops
+from .editing import truncate
 from .rng import RandomSource, randn
 
 NoiseMode = Literal["random", "const", "none"]
@@ -124,17 +125,6 @@ class MappingNetwork(nn.Module):
         if truncation_psi != 1:
             x = truncate(x, self.w_avg, truncation_psi, truncation_cutoff)
         return x
-
-
-def truncate(
-    ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | None = None
-) -> torch.Tensor:
-    """Pull the first ``cutoff`` ws (all when None) towards ``w_avg``: w_avg + psi (w - w_avg)."""
-    if cutoff is None:
-        return w_avg.lerp(ws, psi)
-    ws = ws.clone()
-    ws[:, :cutoff] = w_avg.lerp(ws[:, :cutoff], psi)
-    return ws
 
 
 def _check_shape(x: torch.Tensor, shape: list[int | None], name: str) -> None:

@@ -59,6 +59,11 @@ class TriPlaneGenerator(nn.Module):
         return self.backbone.num_ws
 
     @property
+    def w_avg(self) -> torch.Tensor:
+        """The average w that truncation pulls towards (as a student exposes its copy's)."""
+        return self.backbone.mapping.w_avg
+
+    @property
     def z_dim(self) -> int:
         return self.config.z_dim
 

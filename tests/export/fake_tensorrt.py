@@ -7,7 +7,7 @@ import types
 
 import onnx
 
-from distill3d.export.tensorrt import Platform
+from distill3d.models.runtime.tensorrt import Platform
 
 H100 = Platform("NVIDIA H100 80GB HBM3", "9.0", "11.4.0.106", "Linux")
 

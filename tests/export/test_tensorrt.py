@@ -11,17 +11,16 @@ import torch
 from fake_tensorrt import H100, fake_tensorrt
 
 from distill3d.cli import main
-from distill3d.export.onnx import ExportError
-from distill3d.export.tensorrt import (
+from distill3d.export.tensorrt import BuildSettings, build_plan
+from distill3d.models.checkpoint import sha256_file
+from distill3d.models.runtime.errors import ExportError
+from distill3d.models.runtime.tensorrt import (
     PLAN_METADATA,
-    BuildSettings,
     PlanMetadata,
     PlanMismatchError,
     TensorRTRunner,
-    build_plan,
     check_compatible,
 )
-from distill3d.models.checkpoint import sha256_file
 
 
 def test_build_is_strongly_typed_with_a_batch_profile_and_a_persisted_timing_cache(

@@ -12,10 +12,10 @@ from fake_tensorrt import H100, fake_tensorrt
 from triton_model_config import parse_config
 
 from distill3d.cli import main
-from distill3d.export.onnx import ExportError
-from distill3d.export.tensorrt import PLAN_METADATA
 from distill3d.export.triton import TritonSettings, to_pbtxt, write_repository
 from distill3d.models.checkpoint import sha256_file
+from distill3d.models.runtime.errors import ExportError
+from distill3d.models.runtime.tensorrt import PLAN_METADATA
 
 FP32 = 11  # DataType.TYPE_FP32
 KIND_GPU, KIND_CPU = 1, 2
