@@ -1,8 +1,14 @@
 """Dynamic batching: one bounded queue and one worker per backend.
 
-Requests put images (``RenderItem``) on the queue. The worker takes the oldest, waits at most
-``max_wait_s`` from its arrival for more (up to ``max_batch``), and runs the batch in a dedicated
-thread, so the event loop keeps serving while a model runs. A full queue refuses new work
+Requests put images (``RenderItem``) on the queue and one worker runs them in batches of up to
+``max_batch`` in a dedicated thread, so the event loop keeps serving while a model runs.
+
+When to start a batch: an image that finds the worker idle starts at once (a lone client never
+waits for company that is not coming); whatever arrives while a batch runs is gathered for the
+next one. When a batch ends, its clients are likely to come back with their next request within
+moments (closed-loop clients: a viewer, a load test, a pipeline), so for up to ``max_wait_s`` the
+worker waits until as many images are queued as the batch just served plus those already
+waiting; that keeps the batches of N busy clients whole instead of splitting them into 1 and N-1. A full queue refuses new work
 (``QueueFull``, answered 429 with Retry-After) instead of growing memory; an image still queued
 past its deadline is dropped (``DeadlineExceeded``, 504); a client that goes away has its images
 removed from the queue.
@@ -99,6 +105,9 @@ class Batcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"render-{backend.name}")
         self._task: asyncio.Task[None] | None = None
         self._last_batch_s = 1.0
+        # After a batch: how many images to gather for the next one, and until when (loop time).
+        self._expected = 1
+        self._linger_until = 0.0
 
     @property
     def depth(self) -> int:
@@ -185,13 +194,14 @@ class Batcher:
                 log.exception("batch worker for %s", self.backend.name)
 
     async def _next_batch_ready(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Return when a batch should start (see the module docstring for the policy)."""
         while not self._pending:
             self._arrived.clear()
             await self._arrived.wait()
-        flush_at = self._pending[0].enqueued + self.max_wait_s
-        while len(self._pending) < self.max_batch:
-            remaining = flush_at - loop.time()
-            if remaining <= 0:
+        target = min(self.max_batch, self._expected)
+        while len(self._pending) < target:
+            remaining = self._linger_until - loop.time()
+            if remaining <= 0:  # past the window (or an idle worker): start with what is here
                 return
             self._arrived.clear()
             try:
@@ -215,6 +225,13 @@ class Batcher:
         return batch
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
+        try:
+            await self._render_batch(loop, batch)
+        finally:
+            self._expected = len(batch) + len(self._pending)
+            self._linger_until = loop.time() + self.max_wait_s
+
+    async def _render_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
         name = self.backend.name
         for job in batch:
             self.metrics.queue_wait.labels(name).observe(job.started - job.enqueued)

@@ -219,3 +219,73 @@ def test_auto_keeps_the_fastest_student_backend(settings_for, checkpoints):
         assert np.abs(a - b).max() <= 2
 
     run(scenario())
+
+
+class _TimedBackend:
+    """A fake student whose batches take ``seconds`` and which records every batch size."""
+
+    name, role, device, precision, max_batch = "fake", "student", "cpu", "fp32", 8
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.sizes: list[int] = []
+
+    def render(self, w, c):
+        self.sizes.append(len(w))
+        time.sleep(self.seconds)
+        return np.zeros((len(w), 8, 8, 3), np.uint8)
+
+
+class _IdentityMapper:
+    z_dim = w_dim = 4
+    supports_conditioning = True
+
+    def map(self, z, c):
+        return z
+
+    def truncate(self, w, psi):
+        return w
+
+
+_ITEM = RenderItem(c=np.zeros(25), c_cond=np.zeros(25), psi=1.0, w=np.zeros(4))
+
+
+def test_a_lone_request_does_not_wait_for_a_batch_to_fill():
+    """With a long max_wait (0.5 s), one client at a time is served at once, every time: it
+    found the worker idle or was the only client of the batch before it."""
+
+    async def scenario():
+        backend = _TimedBackend(0.01)
+        batcher = Batcher(backend, _IdentityMapper(), 8, 0.5, capacity=8, metrics=ServiceMetrics())
+        batcher.start()
+        waits = []
+        for _ in range(5):
+            (result,) = await batcher.submit([_ITEM], timeout_s=5)
+            waits.append(result.queue_s)
+        await batcher.stop()
+        assert max(waits) < 0.1, waits  # the old policy waited the whole 0.5 s each time
+        assert backend.sizes == [1] * 5
+
+    run(scenario())
+
+
+def test_busy_clients_keep_their_batches_whole():
+    """Eight closed-loop clients: after the first round (one image found the worker idle, the
+    other seven gathered while it ran), every batch holds all eight."""
+
+    async def scenario():
+        backend = _TimedBackend(0.05)
+        batcher = Batcher(backend, _IdentityMapper(), 8, 0.2, capacity=16, metrics=ServiceMetrics())
+        batcher.start()
+
+        async def client(rounds: int) -> None:
+            for _ in range(rounds):
+                await batcher.submit([_ITEM], timeout_s=10)
+                await asyncio.sleep(0.002)  # the client's own work between requests
+
+        await asyncio.gather(*(client(6) for _ in range(8)))
+        await batcher.stop()
+        assert sum(backend.sizes) == 48
+        assert backend.sizes[2:] == [8] * (len(backend.sizes) - 2), backend.sizes
+
+    run(scenario())
