@@ -259,7 +259,7 @@ def student_preset(name: str, **overrides: Any) -> StudentConfig:
     teacher = preset(name)
     if name == "tiny":
         base = StudentConfig(teacher=teacher, mapping_layers=2, channel_base=512, channel_max=32)
-    elif name == "demo":  # the demo teacher's backbone widths: ~1.5 M parameters of S2D
+    elif name in ("demo", "demo-face"):  # the demo teachers' backbone widths: ~1.5 M parameters
         base = StudentConfig(teacher=teacher, channel_base=4096, channel_max=128)
     else:
         base = StudentConfig(teacher=teacher)
