@@ -56,6 +56,38 @@ class ServiceSettings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     warmup: bool = True
 
+    # The HTTP server (service/server.py): limits for a port open to the public.
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="open connections; at the cap a new one replaces the longest-idle one, or "
+        "is closed at once (lowered to fit ulimit -n)",
+    )
+    backlog: int = Field(1024, ge=1, le=65535, description="listen() queue of unaccepted ones")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, le=3600, description="idle keep-alive")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a request head must arrive within this; else closed"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="a request body must arrive within this; else 408"
+    )
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM, time for requests in flight to finish; then 503 and exit",
+    )
+    shutdown_delay_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM, /readyz is 503 at least this long (for a load balancer)",
+    )
+    accept_error_log_interval_s: float = Field(
+        10.0, gt=0, description="accept() errors (out of descriptors) logged once per interval"
+    )
+
     # Access.
     api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer <key>'")
     host: str = "127.0.0.1"
@@ -75,6 +107,8 @@ class ServiceSettings(BaseSettings):
             raise ValueError("nothing to serve: set DISTILL3D_TEACHER and/or DISTILL3D_STUDENT")
         if self.plan_dir is not None and self.onnx_dir is None:
             raise ValueError("plan_dir needs onnx_dir (the export the plan was built from)")
+        if self.shutdown_delay_s > self.drain_timeout_s:
+            raise ValueError("shutdown_delay_s must not exceed drain_timeout_s")
         return self
 
     def resolved_device(self) -> str:
