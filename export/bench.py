@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -252,7 +253,7 @@ def student_cuda_graph_runner(
 
 
 def student_onnx_runner(export_dir: Path, device: str, flops: float) -> Runner:
-    from ..service.backends import OnnxStudent
+    from ..models.runtime.onnx import OnnxStudent
     from .onnx import sample_inputs
 
     backend = OnnxStudent(export_dir, device)
@@ -268,8 +269,9 @@ def student_onnx_runner(export_dir: Path, device: str, flops: float) -> Runner:
 
 
 def student_tensorrt_runner(plan_dir: Path, export_dir: Path, device: str, flops: float) -> Runner:
-    from .onnx import read_export, sample_inputs
-    from .tensorrt import TensorRTRunner
+    from ..models.runtime.export_files import read_export
+    from ..models.runtime.tensorrt import TensorRTRunner
+    from .onnx import sample_inputs
 
     runner = TensorRTRunner(plan_dir, device, export_dir=export_dir)
     make_inputs = sample_inputs(export_dir, read_export(export_dir))
@@ -463,3 +465,76 @@ def plot_report(report: BenchReport, path: Path, size: tuple[int, int] = (1200, 
     draw.text((70, size[1] - 22), f"{report.device_name} ({report.device})", fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
+
+
+def preset_models(preset_name: str, seed: int) -> tuple[TriPlaneGenerator, Student]:
+    """A random-weight teacher of a preset architecture and the student mirroring it, so the
+    official architectures can be timed without their weights."""
+    from ..models.load import init_generator
+    from ..models.student import student_from_teacher, student_preset
+
+    teacher = init_generator(preset_name, seed=seed)
+    return teacher, student_from_teacher(teacher, student_preset(preset_name))
+
+
+@dataclass(frozen=True)
+class RunnerChoice:
+    """Which runners beyond the eager ones to assemble.
+
+    ``export_source`` asks for the student to be exported to ONNX first (into a temporary
+    folder), with that provenance in its export.json, for the ONNX Runtime row.
+    """
+
+    cuda_graphs: bool = True
+    compiled: bool = False
+    onnx_dir: Path | None = None
+    plan_dir: Path | None = None
+    export_source: dict[str, str] | None = None
+
+
+def _torch_student_runners(student: Student, device: str, choice: RunnerChoice) -> list[Runner]:
+    """Eager (and autocast), CUDA-graph and compiled student runners, all credited with the
+    eager model's FLOPs (the others run the same arithmetic)."""
+    runners = student_torch_runners(student, device)
+    if device.startswith("cuda") and choice.cuda_graphs:
+        runners.append(student_cuda_graph_runner(student, device))
+    if choice.compiled:
+        runners.append(student_compiled_runner(student, device))
+    for runner in runners:
+        runner.flops_per_image = runners[0].flops_per_image
+    return runners
+
+
+@contextlib.contextmanager
+def bench_runners(
+    teacher: TriPlaneGenerator | None,
+    student: Student | None,
+    device: str,
+    choice: RunnerChoice | None = None,
+) -> Iterator[list[Runner]]:
+    """Every runner to measure, in table order: teacher, student in PyTorch, ONNX Runtime and
+    TensorRT. A context manager because an ONNX export made for the run lives in a temporary
+    folder until the measurements are done."""
+    choice = choice or RunnerChoice()
+    if choice.export_source is not None and student is None:
+        raise ValueError("exporting to ONNX for the bench needs a student")
+    if choice.plan_dir is not None and choice.onnx_dir is None and choice.export_source is None:
+        raise ValueError("a TensorRT plan needs the ONNX export it was built from")
+    runners = [] if teacher is None else [teacher_runner(teacher, device)]
+    flops = 0.0
+    if student is not None:
+        torch_runners = _torch_student_runners(student, device, choice)
+        flops = torch_runners[0].flops_per_image
+        runners += torch_runners
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_dir = choice.onnx_dir
+        if choice.export_source is not None:
+            from .onnx import export_onnx
+
+            onnx_dir = Path(tmp) / "export"
+            export_onnx(student, onnx_dir, choice.export_source, fp16=device.startswith("cuda"))
+        if onnx_dir is not None:
+            runners.append(student_onnx_runner(onnx_dir, device, flops))
+        if choice.plan_dir is not None and onnx_dir is not None:
+            runners.append(student_tensorrt_runner(choice.plan_dir, onnx_dir, device, flops))
+        yield runners
