@@ -272,6 +272,12 @@ class RenderCache:
         with self._lock:
             return list(self._entries)
 
+    def snapshot(self) -> list[tuple[CacheKey, CachedResponse]]:
+        """Entries from least to most recently used, without touching their order or the
+        counters (for tests and debugging)."""
+        with self._lock:
+            return list(self._entries.items())
+
     def stats(self) -> CacheStats:
         with self._lock:
             c = self._counts
