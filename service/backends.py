@@ -21,17 +21,15 @@ import torch
 
 from ..models.eg3d.generator import TriPlaneGenerator
 from ..models.images import batch_to_uint8
-from ..models.render import Generator, w_avg_of
+from ..models.mapping import LatentModel, map_to_w, truncate_rows
 from ..models.rng import generator_for
+from ..models.runtime.errors import BackendUnavailable, ExportError
+from ..models.runtime.tensorrt import TensorRTRunner
 from ..models.student import Student
 
 log = logging.getLogger(__name__)
 
 Role = Literal["student", "volumetric"]
-
-
-class BackendUnavailable(RuntimeError):
-    """A backend that cannot load here (missing package, no GPU, no file); the message says why."""
 
 
 class Backend(Protocol):
@@ -41,6 +39,8 @@ class Backend(Protocol):
     precision: str
     max_batch: int
     supports_ws: bool
+    w_dim: int
+    img_resolution: int
 
     def render(self, w: np.ndarray, c: np.ndarray) -> np.ndarray: ...
 
@@ -58,59 +58,25 @@ class Mapper(Protocol):
 
 
 class LatentMapper:
-    """z (+ conditioning camera) -> w with per-item truncation, on a torch generator's mapping."""
+    """z (+ conditioning camera) -> w with per-item truncation, on a torch model's mapping
+    (the teacher's, or the frozen copy inside a student)."""
 
     supports_conditioning = True
 
-    def __init__(self, generator: Generator, device: str) -> None:
-        self.generator = generator
+    def __init__(self, model: LatentModel, device: str) -> None:
+        self.model = model
         self.device = torch.device(device)
-        self.z_dim = generator.z_dim
-        self.w_dim = generator.w_dim
-        self.w_avg = w_avg_of(generator).detach().float().cpu().numpy()
-
-    @torch.no_grad()
-    def map(self, z: np.ndarray, c_cond: np.ndarray) -> np.ndarray:
-        zt = torch.from_numpy(z).to(self.device)
-        ct = torch.from_numpy(c_cond).to(self.device)
-        return self.generator.mapping(zt, ct)[:, 0].float().cpu().numpy()
-
-    def truncate(self, w: np.ndarray, psi: np.ndarray) -> np.ndarray:
-        """Truncation towards the average w: ``w_avg + psi (w - w_avg)`` per row."""
-        return (self.w_avg + psi[:, None] * (w - self.w_avg)).astype(np.float32)
-
-
-class OnnxMapper:
-    """z -> w from an export's mapping.onnx, for services without PyTorch checkpoints. The graph
-    bakes in the frontal conditioning camera, so other conditioning cameras are refused."""
-
-    supports_conditioning = False
-
-    def __init__(self, export_dir: Path) -> None:
-        import onnxruntime as ort
-
-        from ..export.onnx import graph_path, read_export
-
-        metadata = read_export(export_dir)
-        self.session = ort.InferenceSession(
-            str(graph_path(export_dir, metadata, "mapping")), providers=["CPUExecutionProvider"]
-        )
-        self.z_dim = int(metadata["graphs"]["mapping"]["inputs"]["z"][1])
-        self.w_dim = int(metadata["graphs"]["mapping"]["outputs"]["w"][1])
-        ones = np.ones((1, 1), np.float32)
-        z = np.ones((1, self.z_dim), np.float32)  # any finite w will do; z = 0 maps to NaN
-        # psi = 0 gives w_avg exactly: w_avg + 0 (w - w_avg).
-        self.w_avg = self.session.run(None, {"z": z, "truncation_psi": 0 * ones})[0][0]
+        self.z_dim = model.z_dim
+        self.w_dim = model.w_dim
+        self.w_avg = model.w_avg.detach().float().cpu().numpy()
 
     def map(self, z: np.ndarray, c_cond: np.ndarray) -> np.ndarray:
-        psi = np.ones((len(z), 1), np.float32)
-        return self.session.run(None, {"z": z.astype(np.float32), "truncation_psi": psi})[0]
+        w = map_to_w(self.model, torch.from_numpy(z), torch.from_numpy(c_cond))
+        return w.float().cpu().numpy()
 
     def truncate(self, w: np.ndarray, psi: np.ndarray) -> np.ndarray:
-        return (self.w_avg + psi[:, None] * (w - self.w_avg)).astype(np.float32)
-
-
-LatentMapper.supports_conditioning = True  # type: ignore[attr-defined]
+        """Truncation towards the average w, one psi per row."""
+        return truncate_rows(w, self.w_avg, psi)
 
 
 @dataclass
@@ -125,6 +91,8 @@ class TorchStudent:
     def __post_init__(self) -> None:
         self.student = self.student.to(self.device).eval()
         self.precision = "fp32"
+        self.w_dim = self.student.w_dim
+        self.img_resolution = self.student.config.img_resolution
 
     @torch.no_grad()
     def render(self, w: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -134,60 +102,12 @@ class TorchStudent:
         return batch_to_uint8(out["image"])
 
 
-class OnnxStudent:
-    """The exported graph in ONNX Runtime: CPU, CUDA or the TensorRT execution provider."""
-
-    name = "onnxruntime"
-    role: Role = "student"
-    supports_ws = False
-
-    def __init__(self, export_dir: Path, device: str, max_batch: int = 64) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise BackendUnavailable(
-                "onnxruntime is not installed: pip install 'distill3d[export]' (CPU) or "
-                "'distill3d[gpu]' (CUDA)"
-            ) from exc
-        from ..export.onnx import graph_path, read_export
-
-        metadata = read_export(export_dir)
-        available = ort.get_available_providers()
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in available:
-                raise BackendUnavailable(
-                    f"onnxruntime here has no CUDA provider (it has {available}); "
-                    "install onnxruntime-gpu"
-                )
-            key, providers = "student_fp16", ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            if "student_fp16" not in metadata["graphs"]:
-                key = "student"
-        else:
-            key, providers = "student", ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            str(graph_path(export_dir, metadata, key)), options, providers=providers
-        )
-        self.device = device
-        self.precision = "fp16" if key == "student_fp16" else "fp32"
-        self.max_batch = min(max_batch, int(metadata.get("max_batch", 1024)))
-        self.metadata = metadata
-
-    def render(self, w: np.ndarray, c: np.ndarray) -> np.ndarray:
-        (image, *_) = self.session.run(None, {"w": w, "c": c})
-        return batch_to_uint8(image)
-
-
 class TensorRTStudent:
     name = "tensorrt"
     role: Role = "student"
     supports_ws = False
 
     def __init__(self, plan_dir: Path, export_dir: Path, device: str) -> None:
-        from ..export.onnx import ExportError
-        from ..export.tensorrt import TensorRTRunner
-
         if not device.startswith("cuda"):
             raise BackendUnavailable("TensorRT needs a CUDA device")
         try:
@@ -197,6 +117,8 @@ class TensorRTStudent:
         self.device = device
         self.precision = self.runner.metadata.precision
         self.max_batch = self.runner.max_batch
+        self.w_dim = int(self.runner.metadata.inputs["w"][1])
+        self.img_resolution = self.runner.metadata.img_resolution
 
     def render(self, w: np.ndarray, c: np.ndarray) -> np.ndarray:
         out = self.runner({"w": torch.from_numpy(w), "c": torch.from_numpy(c)})
@@ -222,6 +144,8 @@ class Volumetric:
     def __post_init__(self) -> None:
         self.teacher = self.teacher.to(self.device).eval()
         self.precision = "fp32"
+        self.w_dim = self.teacher.w_dim
+        self.img_resolution = self.teacher.config.img_resolution
 
     @torch.no_grad()
     def render(self, w: np.ndarray, c: np.ndarray) -> np.ndarray:

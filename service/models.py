@@ -10,16 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from ..models.camera import Camera, focal_from_fov
+from ..models.camera import Camera, CameraConvention
 from ..models.eg3d.generator import TriPlaneGenerator
 from ..models.errors import ConfigError
+from ..models.mapping import LatentModel, camera_convention
+from ..models.runtime.export_files import read_export
+from ..models.runtime.onnx import OnnxMapper, OnnxStudent
 from ..models.student import DEFAULT_POSE_RANGE, Student
 from .backends import (
     Backend,
     LatentMapper,
     Mapper,
-    OnnxMapper,
-    OnnxStudent,
     TensorRTStudent,
     TorchStudent,
     Volumetric,
@@ -36,26 +37,6 @@ DEFAULT_TEACHER_RANGE = {"yaw_deg": 90.0, "pitch_deg": 45.0}
 
 
 @dataclass(frozen=True)
-class CameraModel:
-    """The camera conventions a model was trained with."""
-
-    radius: float
-    pivot: tuple[float, float, float]
-    focal: float
-
-    @property
-    def fov_deg(self) -> float:
-        return float(Camera.orbit(0.0, 0.0, self.radius, self.pivot, self.focal).fov_deg()[0])
-
-    def orbit(self, yaw: float, pitch: float, radius: float | None, fov: float | None) -> Camera:
-        focal = focal_from_fov(fov) if fov is not None else self.focal
-        return Camera.orbit(yaw, pitch, radius or self.radius, self.pivot, focal)
-
-    def frontal(self) -> Camera:
-        return Camera.frontal(self.radius, self.pivot, self.focal)
-
-
-@dataclass(frozen=True)
 class PoseRange:
     """Poses a model is declared valid for: |yaw|, |pitch| bounds and radius / fov intervals."""
 
@@ -65,7 +46,7 @@ class PoseRange:
     fov_deg: tuple[float, float]
 
     @classmethod
-    def around(cls, limits: dict[str, float], camera: CameraModel) -> PoseRange:
+    def around(cls, limits: dict[str, float], camera: CameraConvention) -> PoseRange:
         return cls(
             float(limits["yaw_deg"]),
             float(limits["pitch_deg"]),
@@ -117,7 +98,7 @@ class ModelInfo:
 @dataclass
 class LoadedModels:
     mapper: Mapper
-    camera: CameraModel
+    camera: CameraConvention
     z_dim: int
     w_dim: int
     student: tuple[Backend, ModelInfo] | None = None
@@ -142,11 +123,6 @@ def _load_torch(spec: str, device: str) -> tuple[Any, str, dict[str, Any]]:
     return model, sha256_file(path), {}
 
 
-def _camera_of(config: Any) -> CameraModel:
-    rk = config.rendering
-    return CameraModel(rk.avg_camera_radius, tuple(rk.avg_camera_pivot), rk.focal_length)
-
-
 def load_models(settings: ServiceSettings, device: str) -> LoadedModels:
     """Load the configured models, time the student's backends, keep the fastest (``auto``)."""
     teacher = student_torch = None
@@ -167,21 +143,16 @@ def load_models(settings: ServiceSettings, device: str) -> LoadedModels:
                 "DISTILL3D_STUDENT takes a student checkpoint (a run's student/ folder)"
             )
 
-    export = None
-    if settings.onnx_dir is not None:
-        from ..export.onnx import read_export
+    export = read_export(settings.onnx_dir) if settings.onnx_dir is not None else None
 
-        export = read_export(settings.onnx_dir)
-
-    torch_model = teacher if teacher is not None else student_torch
+    torch_model: LatentModel | None = teacher if teacher is not None else student_torch
     if torch_model is not None:
         mapper: Mapper = LatentMapper(torch_model, device)
-        camera = _camera_of(torch_model.config)
+        camera = camera_convention(torch_model)
     else:
         assert settings.onnx_dir is not None and export is not None
         mapper = OnnxMapper(settings.onnx_dir)
-        cam = export["camera"]
-        camera = CameraModel(cam["radius"], tuple(cam["pivot"]), cam["focal_length"])
+        camera = CameraConvention.from_json(export["camera"])
     loaded = LoadedModels(mapper, camera, mapper.z_dim, mapper.w_dim)
     loaded.student_model, loaded.teacher_model = student_torch, teacher
     if torch_model is not None:
@@ -248,7 +219,7 @@ def _pick_student(
     candidates: dict[str, Backend | str],
     settings: ServiceSettings,
     device: str,
-    camera: CameraModel,
+    camera: CameraConvention,
     student_meta: dict[str, Any],
     export: dict[str, Any] | None,
     student_sha: str,
@@ -262,7 +233,7 @@ def _pick_student(
         # Time each at batch 1 on the frontal camera; keep the fastest.
         probe_c = camera.frontal().to_label().numpy().astype(np.float32)
         for name, backend in usable.items():
-            probe_w = np.zeros((1, _w_dim(backend)), np.float32)
+            probe_w = np.zeros((1, backend.w_dim), np.float32)
             try:
                 timings[name] = time_backend(backend, probe_w, probe_c)
                 report[name] = f"{timings[name] * 1000:.1f} ms per image at batch 1"
@@ -279,17 +250,12 @@ def _pick_student(
     )
     source = settings.student or str(settings.onnx_dir)
     sha = student_sha or (export or {}).get("source", {}).get("weights_sha256", "")
-    resolution = (
-        backend.student.config.img_resolution
-        if isinstance(backend, TorchStudent)
-        else int((export or {})["img_resolution"])
-    )
     info = ModelInfo(
         "student",
         name,
         device,
         backend.precision,
-        resolution,
+        backend.img_resolution,
         source,
         sha,
         PoseRange.around(limits, camera),
@@ -298,14 +264,6 @@ def _pick_student(
         candidates=report,
     )
     return backend, info
-
-
-def _w_dim(backend: Backend) -> int:
-    if isinstance(backend, TorchStudent):
-        return backend.student.w_dim
-    if isinstance(backend, OnnxStudent):
-        return int(backend.metadata["graphs"]["student"]["inputs"]["w"][1])
-    return int(backend.runner.metadata.inputs["w"][1])  # type: ignore[attr-defined]
 
 
 def _check_pair(
