@@ -71,20 +71,13 @@ def _settings(args: argparse.Namespace) -> Any:
 def cmd_serve(args: argparse.Namespace) -> None:
     import logging
 
-    import uvicorn
-
-    from ..service.app import create_app
+    from ..service import server
 
     settings = _settings(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    # One worker: it owns the models and the batching queue (several would split the queue).
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    # One worker (it owns the models and the batching queue), with the connection limits,
+    # request deadlines and SIGTERM drain of service/server.py.
+    server.run(settings, log_level=args.log_level)
 
 
 def add_loadtest(sub: SubParsers) -> None:
