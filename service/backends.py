@@ -6,6 +6,9 @@ has one w input.
 
 The z -> w mapping is separate (``LatentMapper``): it is the teacher's in every case (the student
 carries a frozen copy), so a seed names the same identity whichever backend renders it.
+
+The ONNX Runtime student and mapping (``OnnxStudent``, ``OnnxMapper``) and the TensorRT runner
+live in ``models.runtime``, shared with the benchmarks; this module adapts the rest.
 """
 
 from __future__ import annotations
