@@ -1,6 +1,6 @@
 """Building TensorRT plans of the exported student, verified against the ONNX graph.
 
-One build path for TensorRT 10.12+ and 11.x (SERVING.md §1.1-1.3): the network is created
+One build path for TensorRT 10.12+ and 11.x (docs/serving.md §2.1-2.2): the network is created
 strongly typed (opt-in on 10.x, implied on 11, where the FP16 builder flag no longer exists), so
 precision comes from the graph itself: build from ``student_fp16.onnx`` for an FP16 engine.
 The plan's metadata, the checks that refuse a plan made for another machine and the runner live
@@ -203,7 +203,7 @@ def verify_plan(
 ) -> dict[str, Any]:
     """Engine output vs the FP32 ONNX graph in ONNX Runtime, by image PSNR.
 
-    TensorRT has shipped silent miscompilations (SERVING.md §1.1), so no plan is kept unchecked.
+    TensorRT has shipped silent miscompilations (docs/serving.md §2.1), so no plan is kept unchecked.
     """
     import onnxruntime as ort
 
