@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .camera import Camera
 from .eg3d.generator import TriPlaneGenerator
 from .eg3d.renderer import march_rays, sample_from_planes
 from .errors import ConfigError
@@ -293,6 +294,57 @@ def extract_mesh(
     vertices, faces, normals = surface_from_grid(grid, teacher.config.rendering.box_warp, level)
     features = vertex_radiance(teacher, planes, vertices, normals, chunk_points)
     return TeacherMesh(vertices, faces, radiance_to_uint8(features), float(level), resolution)
+
+
+def mesh_preview(
+    mesh: TeacherMesh,
+    camera: Camera,
+    size: int = 256,
+    shaded: bool = False,
+    samples_per_pixel: int = 16,
+) -> np.ndarray:
+    """A picture of the mesh from ``camera``: uint8 [size, size, 3] on black.
+
+    A point-splatting rasteriser, enough to show the surface without an OpenGL context: points
+    spread over the triangles by area (``samples_per_pixel`` per pixel of image, whatever the
+    mesh's size on screen) take their colour from the vertices (barycentric) and the nearest one
+    in each pixel wins (a z-buffer). ``shaded`` draws it in grey under a light from the upper
+    right front instead, to show the geometry alone.
+    """
+    trimesh = _import("trimesh")
+    surface = mesh.to_trimesh()
+    points, face = trimesh.sample.sample_surface(surface, samples_per_pixel * size * size, seed=0)
+    points = np.asarray(points, dtype=np.float32)
+    corners = surface.triangles[face]
+    if shaded:
+        light = np.array([0.45, 0.6, 0.75]) / np.linalg.norm([0.45, 0.6, 0.75])
+        lambert = np.clip(surface.face_normals[face] @ light, 0, None)
+        colour = np.repeat((40 + 200 * lambert)[:, None], 3, axis=1)
+    else:
+        weights = trimesh.triangles.points_to_barycentric(corners, points)
+        colour = np.einsum("pk,pkc->pc", weights, mesh.colours[surface.faces[face]].astype(float))
+    uvz = camera.project(torch.from_numpy(points)[None])[0].numpy()
+    col = np.floor(uvz[:, 0] * size).astype(np.int64)
+    row = np.floor(uvz[:, 1] * size).astype(np.int64)
+    keep = (col >= 0) & (col < size) & (row >= 0) & (row < size) & (uvz[:, 2] > 0)
+    pixel, depth, colour = row[keep] * size + col[keep], uvz[keep, 2], colour[keep]
+    order = np.lexsort((depth, pixel))  # by pixel, nearest first
+    pixel, colour = pixel[order], colour[order]
+    first = np.ones(len(pixel), dtype=bool)
+    first[1:] = pixel[1:] != pixel[:-1]
+    image = np.zeros((size * size, 3), dtype=np.float64)
+    image[pixel[first]] = colour[first]
+    filled = np.zeros(size * size, dtype=bool)
+    filled[pixel[first]] = True
+    image, filled = image.reshape(size, size, 3), filled.reshape(size, size)
+    # A pixel the samples happened to miss, surrounded by surface, takes its neighbours' mean.
+    total, count = np.zeros_like(image), np.zeros((size, size))
+    for dr, dc in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)):
+        total += np.roll(image * filled[..., None], (dr, dc), axis=(0, 1))
+        count += np.roll(filled, (dr, dc), axis=(0, 1))
+    hole = ~filled & (count >= 6)
+    image[hole] = total[hole] / count[hole, None]
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
 def save_mesh(mesh: TeacherMesh, path: str | Path) -> Path:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..models.errors import CheckpointError, ConfigError
-from . import bench, convert, demo, export, render, serve, train
+from . import bench, convert, demo, export, mesh, render, serve, train
 from . import eval as evaluation
 from .common import SubParsers
 
@@ -25,6 +25,7 @@ _COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     render.add_render,
     render.add_orbit,
     render.add_invert,
+    mesh.add_mesh,
     convert.add_info,
     train.add_train,
     train.add_cache,

@@ -116,7 +116,8 @@ def add_render(sub: SubParsers) -> None:
         "--depth-out",
         type=Path,
         default=None,
-        help="also write the depth map: .png (near = bright) or .npy (raw distances)",
+        help="also write the depth map: .png (16-bit, ray distance = value * 1e-4 world units, "
+        "0 = no surface) or .npy (float32 ray distances)",
     )
     p.add_argument(
         "--raw-out", type=Path, default=None, help="also write the low-resolution raw image"
@@ -126,18 +127,15 @@ def add_render(sub: SubParsers) -> None:
 
 def _save_render(out: dict[str, torch.Tensor], args: argparse.Namespace) -> None:
     """The image, and the raw image and depth map when asked for."""
-    from ..models.images import depth_to_uint8, save_image, to_uint8
+    from ..models.depth import save_depth
+    from ..models.images import save_image, to_uint8
 
     save_image(to_uint8(out["image"]), args.out)
     if args.raw_out:
         save_image(to_uint8(out["image_raw"]), args.raw_out)
     if not args.depth_out:
         return
-    if args.depth_out.suffix == ".npy":
-        args.depth_out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.depth_out, out["image_depth"][0, 0].cpu().numpy())
-    else:
-        save_image(depth_to_uint8(out["image_depth"]), args.depth_out)
+    save_depth(out["image_depth"][0, 0], args.depth_out, out["image_alpha"][0, 0])
 
 
 def cmd_render(args: argparse.Namespace) -> None:
