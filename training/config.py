@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..models.config_files import read_config_file
 from ..models.errors import ConfigError
 
 CameraSource = Literal["auto", "dataset", "distribution"]
@@ -243,21 +244,4 @@ def _checked(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str, Any
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (or JSON) training config into a dict, with errors naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"training config {path} not found")
-    text = path.read_text()
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:  # yaml.YAMLError / JSONDecodeError: report the parser's message
-        raise ConfigError(f"cannot parse {path}: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config fields, got {type(data).__name__}")
-    return data
+    return read_config_file(path, what="training config")

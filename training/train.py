@@ -4,12 +4,10 @@ Stage 1: the student learns to reproduce the frozen teacher's low-resolution fea
 final image (L1 + LPIPS). Stage 2 adds a camera-conditioned dual discriminator whose "real" batch
 mixes real photographs (when a dataset is given) with teacher renders.
 
-A run directory holds:
-- ``config.json``: the resolved ``TrainConfig`` (``--resume`` reads it back);
-- ``train_state/``: student, EMA, discriminator and optimizer states plus the step, replaced
-  atomically every ``checkpoint_every`` steps;
-- ``student/``: the EMA student in distill3d's checkpoint format (what render/export/serve take);
-- ``metrics.jsonl``, ``tensorboard/`` (scalars, teacher-vs-student grids), ``samples/*.png``.
+:func:`train` reads in order: build the models, build the data, resume or start, then the steps
+(student update, discriminator update, EMA, logs, checkpoints). The run directory's files are
+``training/run_state.py``'s (config, crash-safe ``train_state/`` and ``student/``), the logs
+``training/run_log.py``'s (``metrics.jsonl``, TensorBoard, sample grids).
 
 Several processes (``torchrun``) split the global batch; gradients are averaged with
 ``all_reduce`` by hand (as StyleGAN2-ADA does) so the lazy R1 double backward needs no DDP
@@ -19,13 +17,9 @@ special cases, and a single CPU process runs the same code.
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import math
 import os
-import shutil
 import time
-import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,21 +27,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..models.checkpoint import (
-    CONFIG_NAME,
-    load_checkpoint,
-    read_checkpoint_info,
-    save_checkpoint,
-    sha256_file,
-)
+from ..models.checkpoint import CONFIG_NAME, load_checkpoint, read_checkpoint_info, sha256_file
 from ..models.eg3d.config import SuperResolutionConfig
 from ..models.eg3d.generator import TriPlaneGenerator
 from ..models.eg3d.presets import matching_preset
-from ..models.errors import CheckpointError, ConfigError
-from ..models.images import save_image, to_uint8
+from ..models.errors import ConfigError
 from ..models.load import load_model, shipped_path
 from ..models.student import Student, StudentConfig, student_from_teacher, student_preset
 from .config import TrainConfig
@@ -67,21 +53,21 @@ from .discriminator import (
     nonsaturating_g_loss,
     r1_penalty,
 )
+from .ema import ema_beta, update_ema
 from .losses import reconstruction_losses, weighted_sum
+from .run_log import METRICS_NAME, RunLogger, rewind_metrics
+from .run_state import (
+    STATE_DIR,
+    STUDENT_DIR,
+    load_state_folder,
+    prepare_run_dir,
+    recover_run_dir,
+    save_run,
+    state_step,
+    write_run_config,
+)
 
 log = logging.getLogger(__name__)
-
-RUN_CONFIG = "config.json"
-STATE_DIR = "train_state"
-STUDENT_DIR = "student"
-METRICS_NAME = "metrics.jsonl"
-STATE_FILES = ("student.safetensors", "ema.safetensors", "discriminator.safetensors")
-OPTIM_NAME = "optimizers.pt"
-PROGRESS_NAME = "progress.json"
-
-# Fixed preview: these seeds and yaws, teacher row above student row.
-PREVIEW_SEEDS = (0, 1, 2, 3)
-PREVIEW_YAWS_DEG = (-35.0, 0.0, 35.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,100 +232,6 @@ def load_lpips_for(config: TrainConfig, device: torch.device) -> nn.Module | Non
 
 
 # ---------------------------------------------------------------------------------------------
-# State on disk
-
-
-def save_train_state(run_dir: Path, state: dict[str, Any]) -> None:
-    """Write the student run's ``train_state/`` (student, EMA, discriminator, optimizers)."""
-    modules = {name: state.get(name) for name in ("student", "ema", "discriminator")}
-    save_state_folder(run_dir, modules, state["optimizers"], state["step"])
-
-
-def save_state_folder(
-    run_dir: Path,
-    modules: dict[str, nn.Module | None],
-    optimizers: dict[str, Any],
-    step: int,
-) -> None:
-    """Write ``train_state/`` atomically: one safetensors file per module, the optimizers'
-    states and the step, assembled in a temporary folder and swapped in."""
-    final = run_dir / STATE_DIR
-    tmp = run_dir / f".{STATE_DIR}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        for name, module in modules.items():
-            if module is not None:
-                tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-                save_file(tensors, str(tmp / f"{name}.safetensors"))
-        torch.save(optimizers, tmp / OPTIM_NAME)
-        (tmp / PROGRESS_NAME).write_text(json.dumps({"step": step}) + "\n")
-        if final.exists():
-            old = run_dir / f".{STATE_DIR}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def load_train_state(
-    run_dir: Path,
-    student: nn.Module,
-    ema: nn.Module,
-    discriminator: nn.Module | None,
-    optimizers: dict[str, torch.optim.Optimizer],
-) -> int:
-    """Restore everything ``save_train_state`` wrote; returns the step to continue from."""
-    modules = {"student": student, "ema": ema, "discriminator": discriminator}
-    return load_state_folder(run_dir, modules, optimizers)
-
-
-def load_state_folder(
-    run_dir: Path,
-    modules: dict[str, nn.Module | None],
-    optimizers: dict[str, torch.optim.Optimizer],
-) -> int:
-    """Restore what ``save_state_folder`` wrote into ``modules`` and ``optimizers`` (strictly);
-    returns the step to continue from."""
-    folder = run_dir / STATE_DIR
-    if not (folder / PROGRESS_NAME).is_file():
-        raise CheckpointError(
-            f"{run_dir} has no complete {STATE_DIR}/ to resume from; start a new run instead"
-        )
-    for name, module in modules.items():
-        if module is not None:
-            module.load_state_dict(load_file(str(folder / f"{name}.safetensors")), strict=True)
-    saved = torch.load(folder / OPTIM_NAME, map_location="cpu", weights_only=True)
-    for name, opt in optimizers.items():
-        opt.load_state_dict(saved[name])
-    return int(json.loads((folder / PROGRESS_NAME).read_text())["step"])
-
-
-def prepare_run_dir(
-    run_dir: Path, config: TrainConfig | None, resume: bool, steps: int | None
-) -> TrainConfig:
-    """New run: refuse to clobber one; resume: read the saved config (``steps`` may change)."""
-    saved = run_dir / RUN_CONFIG
-    if resume:
-        if not saved.is_file():
-            raise ConfigError(f"--resume: {run_dir} holds no run ({RUN_CONFIG} missing)")
-        previous = TrainConfig.from_dict(json.loads(saved.read_text()))
-        return previous.replace(steps=steps) if steps is not None else previous
-    if config is None:
-        raise ConfigError("a new run needs a TrainConfig")
-    if steps is not None:
-        config = config.replace(steps=steps)
-    if saved.exists() or (run_dir / STATE_DIR).exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out"
-        )
-    return config
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -352,20 +244,43 @@ class TrainResult:
     is_main: bool = True  # rank 0 (the process that wrote the run directory)
 
 
-def ema_beta(config: TrainConfig, batch_size: int, images_seen: int) -> float:
-    """Per-step EMA decay from a half-life in images, ramped up early on (StyleGAN2-ADA)."""
-    half_life = config.ema_kimg * 1000
-    if config.ema_rampup is not None:
-        half_life = min(half_life, images_seen * config.ema_rampup)
-    return 0.5 ** (batch_size / max(half_life, 1e-8))
+@dataclass
+class Models:
+    """What a run trains and what it trains against."""
+
+    teacher: TriPlaneGenerator
+    teacher_sha256: str
+    lpips: nn.Module | None
+    student: Student
+    ema: Student
+    discriminator: DualDiscriminator | None
+    optimizers: dict[str, torch.optim.Optimizer]
+    g_params: list[nn.Parameter]
+    d_params: list[nn.Parameter]
+
+    def state_modules(self) -> dict[str, nn.Module | None]:
+        """The modules ``train_state/`` holds, by file name."""
+        return {"student": self.student, "ema": self.ema, "discriminator": self.discriminator}
 
 
-@torch.no_grad()
-def update_ema(ema: nn.Module, student: nn.Module, beta: float) -> None:
-    for p_ema, p in zip(ema.parameters(), student.parameters(), strict=True):
-        p_ema.copy_(p.detach().lerp(p_ema, beta))
-    for b_ema, b in zip(ema.buffers(), student.buffers(), strict=True):
-        b_ema.copy_(b)
+@dataclass
+class Data:
+    """Where a step's batches come from: teacher renders (live or cached), real images."""
+
+    poses: PoseSampler
+    sampler: TeacherSampler
+    cache: TeacherCache | None
+    dataset: Any
+    group: ProcessGroup
+    local_batch: int
+
+    def teacher_batch(self, step: int) -> TeacherBatch:
+        """This process's share of step ``step``'s batch: a function of (seed, step, rank)."""
+        if self.cache is not None:
+            return self.cache.sample(
+                step, self.group.rank, self.group.world_size, self.local_batch
+            ).to(self.group.device)
+        return self.sampler.sample(step, self.group.rank, self.local_batch)
 
 
 def train(
@@ -384,40 +299,130 @@ def train(
     run_dir = Path(run_dir)
     config = prepare_run_dir(run_dir, config, resume, steps)
     group = init_process_group(config.device)
+    if resume and group.is_main:
+        recover_run_dir(run_dir)  # what a kill during a checkpoint left
     if group.world_size > 1:
         dist.barrier()  # every process has checked the run directory before rank 0 writes to it
     if config.batch_size % group.world_size:
         raise ConfigError(
             f"batch size {config.batch_size} does not split over {group.world_size} processes"
         )
-    local_batch = config.batch_size // group.world_size
-    device = group.device
 
-    # 1. Teacher, student, EMA, discriminator, LPIPS.
+    # 1. Teacher, student, EMA, discriminator, LPIPS; 2. poses, teacher renders, real images.
+    models = build_models(config, group.device)
+    data = build_data(config, models.teacher, group)
+
+    # 3. Resume or start.
+    start_step = resume_or_start(run_dir, config, resume, group, models)
+    logger = RunLogger(run_dir, enabled=group.is_main, first_step=start_step if resume else None)
+    heldout = heldout_set(data.sampler, config.eval_samples, data.poses, config.seed)
+    psnr_start = evaluate(models.ema, heldout)
+    if group.is_main and start_step == 0:
+        logger.scalars(0, {"heldout/psnr_db": psnr_start})
+        logger.preview(0, models.teacher, models.ema, data.sampler)
+
+    # 4. Steps.
+    end_step = config.steps if stop_after is None else min(config.steps, start_step + stop_after)
+    bar = tqdm(
+        total=config.steps,
+        initial=start_step,
+        unit="step",
+        desc=f"stage {config.stage}",
+        disable=not (progress and group.is_main),
+    )
+    amp = autocast_for(config, group.device)
+    t_last, images_since = time.perf_counter(), 0
+    for step in range(start_step, end_step):
+        batch = data.teacher_batch(step)
+
+        # 4a. Student: reconstruction (+ adversarial in stage 2).
+        out, stats = student_step(config, group, models, batch, amp)
+
+        # 4b. Discriminator: student renders vs a mix of real images and teacher renders.
+        if models.discriminator is not None:
+            raw_resolution = models.teacher.config.neural_rendering_resolution
+            stats |= discriminator_step(
+                config, step, group, models, out, batch, data.dataset, raw_resolution, amp
+            )
+
+        # 4c. EMA, logs (one metrics row per step), previews, checkpoints.
+        images_seen = (step + 1) * config.batch_size
+        update_ema(models.ema, models.student, ema_beta(config, config.batch_size, images_seen))
+        images_since += config.batch_size
+        done = step + 1
+        row: dict[str, float] = {}
+        if group.is_main:
+            now = time.perf_counter()
+            stats["images_per_s"] = images_since / max(now - t_last, 1e-9)
+            bar.set_postfix(loss=f"{stats['loss/total']:.4f}", img_s=f"{stats['images_per_s']:.1f}")
+            bar.update(1)
+            if done % config.log_every == 0 or done == end_step:
+                row |= stats
+                t_last, images_since = now, 0
+        if done % config.sample_every == 0 or done == config.steps:
+            row["heldout/psnr_db"] = evaluate(models.ema, heldout)
+            logger.preview(done, models.teacher, models.ema, data.sampler)
+        if row:
+            logger.scalars(done, row)
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            if group.is_main:
+                save_run(
+                    run_dir,
+                    done,
+                    config,
+                    models.state_modules(),
+                    models.optimizers,
+                    models.teacher_sha256,
+                )
+            if group.world_size > 1:
+                dist.barrier()
+    bar.close()
+    logger.close()
+    final_step = max(start_step, end_step)
+    psnr_end = evaluate(models.ema, heldout)
+    if group.world_size > 1:
+        dist.destroy_process_group()
+    return TrainResult(run_dir, final_step, psnr_start, psnr_end, group.is_main)
+
+
+def build_models(config: TrainConfig, device: torch.device) -> Models:
+    """The frozen teacher, the student and its EMA, stage 2's discriminator, their optimizers."""
     teacher, teacher_sha = load_teacher(config.teacher, device)
     lpips = load_lpips_for(config, device)
     student = initial_student(config, teacher, teacher_sha).to(device).train().requires_grad_(True)
     student.teacher_mapping.requires_grad_(False)
     ema = copy.deepcopy(student).eval().requires_grad_(False)
     g_params = student.trainable_parameters()
-    discriminator = None
     optimizers: dict[str, torch.optim.Optimizer] = {
         "student": torch.optim.Adam(g_params, lr=config.lr, betas=config.betas, eps=1e-8)
     }
+    discriminator = None
     d_params: list[nn.Parameter] = []
     if config.stage == 2:
         discriminator = build_discriminator(config, teacher).to(device).train()
         d_params = list(discriminator.parameters())
-        # Lazy regularisation: R1 every k steps, so lr and betas are adjusted (StyleGAN2).
-        ratio = config.discriminator.r1_interval / (config.discriminator.r1_interval + 1)
-        optimizers["discriminator"] = torch.optim.Adam(
-            d_params,
-            lr=config.discriminator.lr * ratio,
-            betas=(config.betas[0] ** ratio, config.betas[1] ** ratio),
-            eps=1e-8,
-        )
+        optimizers["discriminator"] = discriminator_optimizer(config, d_params)
+    return Models(
+        teacher, teacher_sha, lpips, student, ema, discriminator, optimizers, g_params, d_params
+    )
 
-    # 2. Data: poses, teacher renders (live or cached), real images for stage 2.
+
+def discriminator_optimizer(
+    config: TrainConfig, d_params: list[nn.Parameter]
+) -> torch.optim.Optimizer:
+    """Adam for D; lazy regularisation (R1 every k steps) adjusts lr and betas (StyleGAN2)."""
+    ratio = config.discriminator.r1_interval / (config.discriminator.r1_interval + 1)
+    return torch.optim.Adam(
+        d_params,
+        lr=config.discriminator.lr * ratio,
+        betas=(config.betas[0] ** ratio, config.betas[1] ** ratio),
+        eps=1e-8,
+    )
+
+
+def build_data(config: TrainConfig, teacher: TriPlaneGenerator, group: ProcessGroup) -> Data:
+    """Poses (the dataset's labels or the camera distribution), the teacher sampler or cache,
+    and the real images of stage 2."""
     dataset = None
     if config.dataset:
         from .dataset import ImageDataset
@@ -434,124 +439,64 @@ def train(
         config.teacher_importance_samples,
     )
     cache = TeacherCache(config.cache, config.seed) if config.cache else None
+    return Data(poses, sampler, cache, dataset, group, config.batch_size // group.world_size)
 
-    def teacher_batch(step: int) -> TeacherBatch:
-        if cache is not None:
-            return cache.sample(step, group.rank, group.world_size, local_batch).to(device)
-        return sampler.sample(step, group.rank, local_batch)
 
-    # 3. Resume or start.
+def resume_or_start(
+    run_dir: Path, config: TrainConfig, resume: bool, group: ProcessGroup, models: Models
+) -> int:
+    """The step to start from: a resumed run's saved step (its later log rows dropped), else 0
+    (a new run's config written first)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     start_step = 0
-    if resume and (run_dir / STATE_DIR / PROGRESS_NAME).is_file():
-        start_step = load_train_state(run_dir, student, ema, discriminator, optimizers)
+    if resume and state_step(run_dir / STATE_DIR) is not None:
+        start_step = load_state_folder(run_dir, models.state_modules(), models.optimizers)
     elif resume:
         log.warning("%s: killed before its first checkpoint; starting again from step 0", run_dir)
     elif group.is_main:
-        (run_dir / RUN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    logger = RunLogger(run_dir, enabled=group.is_main)
-    heldout = heldout_set(sampler, config.eval_samples, poses, config.seed)
-    psnr_start = evaluate(ema, heldout)
-    if group.is_main and start_step == 0:
-        logger.scalars(0, {"heldout/psnr_db": psnr_start})
-        logger.preview(0, teacher, ema, sampler)
+        write_run_config(run_dir, config)
+    if resume and group.is_main:
+        # A run from step 0 logs step 0 again; a resumed one continues after ``start_step``.
+        rewind_metrics(run_dir / METRICS_NAME, start_step if start_step > 0 else -1)
+    return start_step
 
-    # 4. Steps.
-    end_step = config.steps if stop_after is None else min(config.steps, start_step + stop_after)
-    bar = tqdm(
-        total=config.steps,
-        initial=start_step,
-        unit="step",
-        desc=f"stage {config.stage}",
-        disable=not (progress and group.is_main),
-    )
-    amp = autocast_for(config, device)
-    t_last, images_since = time.perf_counter(), 0
-    step = start_step
-    for step in range(start_step, end_step):
-        batch = teacher_batch(step)
-        stats: dict[str, float] = {}
 
-        # 4a. Student: reconstruction (+ adversarial in stage 2).
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        with amp:
-            out = student(batch.w, batch.c)
-            terms = reconstruction_losses(out, batch, config.loss, lpips)
-            loss = weighted_sum(terms, config.loss)
-            if discriminator is not None:
-                discriminator.requires_grad_(False)
-                fake_logits = discriminator(
-                    {"image": out["image"], "image_raw": out["image_raw"]}, batch.c
-                )
-                terms["adversarial"] = nonsaturating_g_loss(fake_logits)
-                loss = loss + config.loss.adversarial * terms["adversarial"]
-        loss.backward()
-        average_gradients(g_params, group)
-        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(g_params, config.grad_clip))
-        optimizers["student"].step()
-        stats.update({f"loss/{k}": float(v.detach()) for k, v in terms.items()})
-        stats["loss/total"] = float(loss.detach())
-
-        # 4b. Discriminator: student renders vs a mix of real images and teacher renders.
-        if discriminator is not None:
-            stats.update(
-                discriminator_step(
-                    config,
-                    step,
-                    group,
-                    discriminator,
-                    d_params,
-                    optimizers,
-                    out,
-                    batch,
-                    dataset,
-                    teacher.config.neural_rendering_resolution,
-                    amp,
-                )
+def student_step(
+    config: TrainConfig,
+    group: ProcessGroup,
+    models: Models,
+    batch: TeacherBatch,
+    amp: Any,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """One student update: reconstruction losses (+ the adversarial one in stage 2); returns
+    the student's renders (D's fakes) and the step's statistics."""
+    for opt in models.optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    with amp:
+        out = models.student(batch.w, batch.c)
+        terms = reconstruction_losses(out, batch, config.loss, models.lpips)
+        loss = weighted_sum(terms, config.loss)
+        if models.discriminator is not None:
+            models.discriminator.requires_grad_(False)
+            fake_logits = models.discriminator(
+                {"image": out["image"], "image_raw": out["image_raw"]}, batch.c
             )
-
-        # 4c. EMA, logs, previews, checkpoints.
-        images_seen = (step + 1) * config.batch_size
-        update_ema(ema, student, ema_beta(config, config.batch_size, images_seen))
-        images_since += config.batch_size
-        done = step + 1
-        if group.is_main:
-            now = time.perf_counter()
-            stats["images_per_s"] = images_since / max(now - t_last, 1e-9)
-            bar.set_postfix(loss=f"{stats['loss/total']:.4f}", img_s=f"{stats['images_per_s']:.1f}")
-            bar.update(1)
-            if done % config.log_every == 0 or done == end_step:
-                logger.scalars(done, stats)
-                t_last, images_since = now, 0
-        if done % config.sample_every == 0 or done == config.steps:
-            value = evaluate(ema, heldout)
-            if group.is_main:
-                logger.scalars(done, {"heldout/psnr_db": value})
-                logger.preview(done, teacher, ema, sampler)
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            if group.is_main:
-                save_run(
-                    run_dir, done, config, student, ema, discriminator, optimizers, teacher_sha
-                )
-            if group.world_size > 1:
-                dist.barrier()
-    bar.close()
-    logger.close()
-    final_step = max(start_step, end_step)
-    psnr_end = evaluate(ema, heldout)
-    if group.world_size > 1:
-        dist.destroy_process_group()
-    return TrainResult(run_dir, final_step, psnr_start, psnr_end, group.is_main)
+            terms["adversarial"] = nonsaturating_g_loss(fake_logits)
+            loss = loss + config.loss.adversarial * terms["adversarial"]
+    loss.backward()
+    average_gradients(models.g_params, group)
+    stats = {"grad_norm": float(torch.nn.utils.clip_grad_norm_(models.g_params, config.grad_clip))}
+    models.optimizers["student"].step()
+    stats.update({f"loss/{k}": float(v.detach()) for k, v in terms.items()})
+    stats["loss/total"] = float(loss.detach())
+    return out, stats
 
 
 def discriminator_step(
     config: TrainConfig,
     step: int,
     group: ProcessGroup,
-    discriminator: nn.Module,
-    d_params: list[nn.Parameter],
-    optimizers: dict[str, torch.optim.Optimizer],
+    models: Models,
     student_out: dict[str, torch.Tensor],
     batch: TeacherBatch,
     dataset: Any,
@@ -560,8 +505,10 @@ def discriminator_step(
 ) -> dict[str, float]:
     """One D update: logistic loss on fakes and the mixed real batch, plus lazy R1."""
     settings = config.discriminator
+    discriminator = models.discriminator
+    assert discriminator is not None
     discriminator.requires_grad_(True)
-    optimizers["discriminator"].zero_grad(set_to_none=True)
+    models.optimizers["discriminator"].zero_grad(set_to_none=True)
     real_img, real_raw, real_c = real_batch(
         config, step, group.rank, batch, dataset, raw_resolution
     )
@@ -583,9 +530,9 @@ def discriminator_step(
         total = total + penalty * (settings.r1_gamma / 2) * settings.r1_interval
         stats["loss/r1"] = float(penalty.detach())
     total.backward()
-    average_gradients(d_params, group)
-    torch.nn.utils.clip_grad_norm_(d_params, config.grad_clip)
-    optimizers["discriminator"].step()
+    average_gradients(models.d_params, group)
+    torch.nn.utils.clip_grad_norm_(models.d_params, config.grad_clip)
+    models.optimizers["discriminator"].step()
     return stats
 
 
@@ -627,117 +574,3 @@ def evaluate(student: Student, heldout: TeacherBatch) -> float:
         out = student.synthesis(heldout.w[sl], heldout.c[sl], noise_mode="const")
         values.append(mean_psnr(out["image"], heldout.image[sl]) * len(heldout.w[sl]))
     return sum(values) / len(heldout.w)
-
-
-def save_run(
-    run_dir: Path,
-    step: int,
-    config: TrainConfig,
-    student: nn.Module,
-    ema: Student,
-    discriminator: nn.Module | None,
-    optimizers: dict[str, torch.optim.Optimizer],
-    teacher_sha256: str,
-) -> None:
-    """The resumable state, then the EMA student as a ready-to-use checkpoint."""
-    save_train_state(
-        run_dir,
-        {
-            "student": student,
-            "ema": ema,
-            "discriminator": discriminator,
-            "optimizers": {k: v.state_dict() for k, v in optimizers.items()},
-            "step": step,
-        },
-    )
-    save_checkpoint(
-        ema,
-        run_dir / STUDENT_DIR,
-        metadata={
-            "source": f"distill3d train stage {config.stage}, step {step}",
-            "teacher": config.teacher,
-            "teacher_sha256": teacher_sha256,
-            "stage": config.stage,
-            "step": step,
-            "images_seen": step * config.batch_size,
-            # What the service declares valid: the held-out evaluation's 1.5x training range.
-            "pose_range": {
-                "yaw_deg": round(min(1.5 * config.cameras.yaw_max_deg, 180.0), 2),
-                "pitch_deg": round(min(1.5 * config.cameras.pitch_max_deg, 85.0), 2),
-            },
-        },
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Logging
-
-
-class RunLogger:
-    """Scalars to metrics.jsonl and TensorBoard; teacher-vs-student grids to PNG and TensorBoard."""
-
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.run_dir = run_dir
-        self.enabled = enabled
-        self.writer = None
-        self._teacher_grid: torch.Tensor | None = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # tensorboard is a dependency; tolerate a trimmed install
-                log.warning("tensorboard is not installed; scalars go to %s only", METRICS_NAME)
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        record = {"step": step, **{k: round(v, 6) for k, v in values.items()}}
-        with open(self.run_dir / METRICS_NAME, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for k, v in values.items():
-                if math.isfinite(v):
-                    self.writer.add_scalar(k, v, step)
-
-    @torch.no_grad()
-    def preview(
-        self, step: int, teacher: TriPlaneGenerator, student: Student, sampler: TeacherSampler
-    ) -> None:
-        """Teacher (top row) vs student (bottom row): fixed seeds x fixed yaws."""
-        if not self.enabled:
-            return
-        from ..models.latents import z_from_seed
-
-        n_yaw = len(PREVIEW_YAWS_DEG)
-        z = torch.cat([z_from_seed(s, teacher.z_dim) for s in PREVIEW_SEEDS])
-        z = z.repeat_interleave(n_yaw, dim=0)
-        yaw = torch.tensor(PREVIEW_YAWS_DEG).repeat(len(PREVIEW_SEEDS))
-        c = sampler.poses.orbit(yaw, torch.zeros_like(yaw))
-        if self._teacher_grid is None:
-            target = sampler.render(z, c, torch.Generator(sampler.device).manual_seed(0))
-            self._teacher_grid = target.image.cpu()
-            self._w = target.w
-        out = student.synthesis(self._w, c.to(self._w.device), noise_mode="const")
-        rows = torch.cat([self._teacher_grid, out["image"].float().cpu()])  # [2 * S * Y, 3, R, R]
-        grid = make_grid(rows, columns=len(PREVIEW_SEEDS) * n_yaw)
-        samples = self.run_dir / "samples"
-        samples.mkdir(exist_ok=True)
-        save_image(to_uint8(grid.unsqueeze(0)), samples / f"step-{step:07d}.png")
-        if self.writer is not None:
-            self.writer.add_image("teacher_top_student_bottom", (grid + 1) / 2, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def make_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
-    """[N, 3, H, W] -> one [3, rows * H, columns * W] image (row-major), clamped to [-1, 1]."""
-    n, ch, h, w = images.shape
-    rows = math.ceil(n / columns)
-    pad = rows * columns - n
-    if pad:
-        images = torch.cat([images, -torch.ones(pad, ch, h, w)])
-    grid = images.clamp(-1, 1).view(rows, columns, ch, h, w).permute(2, 0, 3, 1, 4)
-    return grid.reshape(ch, rows * h, columns * w)

@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ...models.camera import Camera
 from ...models.eg3d.generator import TriPlaneGenerator
 from ...models.images import batch_to_uint8, save_image
 from ...models.metrics import psnr, reprojection_error, ssim
+from ...models.orbit import OrbitPath, orbit_angles
 from ...models.rng import generator_for
 from ...models.student import Student
 from .dataset import green_shift
@@ -167,6 +167,13 @@ def _speed(teacher: TriPlaneGenerator, student: Student, repeats: int) -> dict[s
     return {name: float(row.ms_per_image_median or float("nan")) for name, row in rows.items()}
 
 
+def turntable_path(config: DemoReportConfig) -> OrbitPath:
+    """The report's turntable: 60 degrees either way in yaw, the report's pitch up and down."""
+    return OrbitPath(
+        config.turntable_frames, yaw_amplitude_deg=60.0, pitch_amplitude_deg=config.pitch_deg
+    )
+
+
 @torch.no_grad()
 def _turntable(
     teacher: TriPlaneGenerator,
@@ -178,9 +185,7 @@ def _turntable(
     from ...models.video import encode_video
 
     frames = []
-    t = np.arange(config.turntable_frames) / config.turntable_frames
-    yaws = (60 * np.sin(2 * np.pi * t)).tolist()
-    pitches = (config.pitch_deg * np.cos(2 * np.pi * t)).tolist()
+    yaws, pitches = orbit_angles(turntable_path(config))
     for yaw, pitch in zip(yaws, pitches, strict=True):
         views = _views(teacher, student, z, scene_camera([yaw], [pitch]))
         frames.append(torch.cat([views[k].image for k in views], dim=3))

@@ -35,14 +35,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...models.camera import Camera
-from ...models.checkpoint import save_checkpoint
 from ...models.eg3d.generator import TriPlaneGenerator
 from ...models.errors import ConfigError
 from ...models.images import batch_to_uint8, save_image
 from ...models.load import init_generator
 from ...models.metrics import psnr
 from ...models.rng import generator_for
-from ..train import STATE_DIR, load_state_folder, save_state_folder
+from ..ema import update_ema
+from ..run_log import rewind_metrics
+from ..run_state import (
+    STATE_DIR,
+    load_state_folder,
+    recover_run_dir,
+    save_checkpoint_folder,
+    save_state_folder,
+)
 from .scenes import (
     SCENE_DIM,
     build_scenes,
@@ -173,12 +180,6 @@ def losses(
     }
 
 
-def _update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
-    with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-            e.lerp_(p, 1 - beta)
-
-
 @torch.no_grad()
 def set_w_avg(teacher: TriPlaneGenerator, samples: int = 4096, seed: int = 0) -> None:
     """Truncation's centre: the mean w of ``samples`` latents (EG3D tracks it during training)."""
@@ -263,7 +264,7 @@ def train_demo_teacher(
     groups = [{"params": rest, "scale": 1.0}, {"params": mapping, "scale": config.mapping_lr_scale}]
     optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.99))
     start = 0
-    if (out / STATE_DIR).exists():
+    if recover_run_dir(out, checkpoints=(TEACHER_DIR,)):
         if not config_path.is_file():
             raise ConfigError(f"{out} has a {STATE_DIR}/ but no {CONFIG_NAME}; use a new --out")
         config.resumable_from(json.loads(config_path.read_text()))
@@ -279,7 +280,7 @@ def train_demo_teacher(
         else min(config.steps, start + max_steps_this_run)
     )
     evaluation: dict[str, Any] = {}
-    seconds_before = _rewind_metrics(out / "metrics.jsonl", start)
+    seconds_before = _seconds_logged(rewind_metrics(out / "metrics.jsonl", start))
     metrics = (out / "metrics.jsonl").open("a")
     bar = tqdm(
         total=config.steps, initial=start, unit="step", desc="demo teacher", disable=not progress
@@ -307,7 +308,7 @@ def train_demo_teacher(
                 optimizer.step()
             else:  # never let one bad batch poison the weights; counted in the log
                 skipped += 1
-            _update_ema(ema, teacher, config.ema_beta if step >= config.warmup_steps else 0.0)
+            update_ema(ema, teacher, config.ema_beta if step >= config.warmup_steps else 0.0)
             bar.update(1)
             done = step + 1
             if done % config.log_every == 0:
@@ -332,22 +333,12 @@ def train_demo_teacher(
     return evaluation
 
 
-def _rewind_metrics(path: Path, step: int) -> float:
-    """Drop log records past ``step`` (written after the last checkpoint of an interrupted run).
-
-    A resumed run repeats those steps exactly, so keeping them would log them twice. Returns the
-    training seconds logged up to ``step``, so that ``seconds`` stays the total across runs.
-    """
-    if not path.is_file():
-        return 0.0
-    kept, seconds = [], 0.0
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("eval", record).get("step", 0) > step:
-            continue
-        kept.append(line)
+def _seconds_logged(records: list[dict[str, Any]]) -> float:
+    """The training seconds the kept log records reach, so that ``seconds`` stays the total
+    across the runs a training was split into."""
+    seconds = 0.0
+    for record in records:
         seconds = record.get("seconds", seconds)
-    path.write_text("".join(f"{line}\n" for line in kept))
     return float(seconds)
 
 
@@ -368,4 +359,4 @@ def _save(
         "demo_world": {"trained_steps": step, "config": dataclasses.asdict(config)},
         "pose_range": {"yaw_deg": config.yaw_deg, "pitch_deg": config.pitch_deg},
     }
-    save_checkpoint(shipped, out / TEACHER_DIR, metadata=metadata)
+    save_checkpoint_folder(shipped, out / TEACHER_DIR, metadata=metadata)

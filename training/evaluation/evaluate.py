@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -32,6 +31,7 @@ from ...models.eg3d.generator import TriPlaneGenerator
 from ...models.errors import ConfigError
 from ...models.images import batch_to_uint8, save_image
 from ...models.metrics import psnr, reprojection_error, ssim
+from ...models.orbit import OrbitPath, orbit_angles
 from ...models.render import frontal_camera, orbit_camera
 from ...models.rng import generator_for
 from ...models.student import Student
@@ -269,14 +269,21 @@ def _counted(batches: Iterable[torch.Tensor], bar: Any) -> Iterator[torch.Tensor
         bar.update(len(batch))
 
 
+def turntable_path(config: EvalConfig) -> OrbitPath:
+    """The turntable sweeps past the training range (1.5x its yaw) at half its pitch."""
+    return OrbitPath(
+        config.turntable_frames,
+        yaw_amplitude_deg=1.5 * config.train_yaw_deg,
+        pitch_amplitude_deg=config.train_pitch_deg * 0.5,
+    )
+
+
 def _turntable(
     teacher: TriPlaneGenerator, student: Student, w: torch.Tensor, config: EvalConfig, path: Path
 ) -> None:
     from ...models.video import encode_video
 
-    t = np.arange(config.turntable_frames) / config.turntable_frames
-    yaws = (1.5 * config.train_yaw_deg * np.sin(2 * np.pi * t)).tolist()
-    pitches = (config.train_pitch_deg * 0.5 * np.cos(2 * np.pi * t)).tolist()
+    yaws, pitches = orbit_angles(turntable_path(config))
     camera = orbit_camera(teacher, yaws, pitches)
     r = render_pair(teacher, student, w.expand(len(yaws), -1), camera, config.batch_size)
     frames = batch_to_uint8(torch.cat([r.teacher, r.student], dim=3))
