@@ -22,7 +22,20 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .eg3d.config import EG3DConfig, RenderingConfig, SuperResolutionConfig, _known
+from .eg3d.config import (
+    MAX_CHANNEL_BASE,
+    MAX_CHANNELS,
+    MAX_CLAMP,
+    MAX_LAYERS,
+    MAX_SCALE,
+    EG3DConfig,
+    RenderingConfig,
+    SuperResolutionConfig,
+    _known,
+    check_choice,
+    check_float,
+    check_int,
+)
 from .eg3d.superres import SuperResolution
 from .errors import ConfigError
 from .rng import RandomSource
@@ -51,16 +64,30 @@ class StudentConfig:
     sr_conditioning: SRConditioning = "w"
 
     def __post_init__(self) -> None:
-        for name in ("mapping_layers", "channel_base", "channel_max"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"student {name} must be positive, got {getattr(self, name)}")
-        if self.mapping_lr_multiplier <= 0:
-            raise ConfigError("student mapping_lr_multiplier must be positive")
-        if self.num_fp16_res < 0:
-            raise ConfigError("student num_fp16_res must be >= 0")
-        if self.sr_conditioning not in ("w", "w_prime"):
+        owner = "student."
+        if not isinstance(self.teacher, EG3DConfig):
+            raise ConfigError("student.teacher must be an EG3DConfig")
+        if self.superresolution is not None and not isinstance(
+            self.superresolution, SuperResolutionConfig
+        ):
+            raise ConfigError("student.superresolution must be a SuperResolutionConfig or null")
+        check_int(owner, "mapping_layers", self.mapping_layers, 1, MAX_LAYERS)
+        check_int(owner, "channel_base", self.channel_base, 1, MAX_CHANNEL_BASE)
+        check_int(owner, "channel_max", self.channel_max, 1, MAX_CHANNELS)
+        check_int(owner, "num_fp16_res", self.num_fp16_res, 0, 16)
+        multiplier = check_float(
+            owner, "mapping_lr_multiplier", self.mapping_lr_multiplier, 0.0, MAX_SCALE, True
+        )
+        object.__setattr__(self, "mapping_lr_multiplier", multiplier)
+        if self.conv_clamp is not None:
+            clamp = check_float(owner, "conv_clamp", self.conv_clamp, 0.0, MAX_CLAMP, True)
+            object.__setattr__(self, "conv_clamp", clamp)
+        check_choice(owner, "sr_conditioning", self.sr_conditioning, ("w", "w_prime"))
+        if self.channel_base < self.teacher.neural_rendering_resolution:
             raise ConfigError(
-                f"sr_conditioning must be 'w' or 'w_prime', got {self.sr_conditioning!r}"
+                f"student.channel_base ({self.channel_base}) must be >= the teacher's "
+                f"neural_rendering_resolution ({self.teacher.neural_rendering_resolution}): "
+                "the last S2D block would get 0 channels"
             )
         sr = self.sr
         if sr.output_resolution != self.teacher.img_resolution:
@@ -98,7 +125,7 @@ class StudentConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
         """Inverse of ``to_dict``; unknown keys are an error."""
-        data = dict(data)
+        data = dict(_known(cls, data))
         teacher = EG3DConfig.from_dict(data.pop("teacher", {}))
         sr = data.pop("superresolution", None)
         sr_config = SuperResolutionConfig(**_known(SuperResolutionConfig, sr)) if sr else None
