@@ -273,9 +273,42 @@ def _split_ws(ws: torch.Tensor, w_dim: int) -> tuple[torch.Tensor, torch.Tensor]
 DEFAULT_POSE_RANGE = {"yaw_deg": 75.0, "pitch_deg": 30.0}
 
 
+def _light_sr(
+    teacher: EG3DConfig, channels: tuple[int, int], clamp: float | None
+) -> SuperResolutionConfig:
+    """A two-block super-resolution of the teacher's input and output sizes, ``channels`` wide
+    (trained from scratch: its weights cannot come from the teacher's)."""
+    sr = teacher.superresolution
+    return SuperResolutionConfig(
+        "custom", sr.input_resolution, channels, sr.block_upsample, False, sr.use_fp16, clamp
+    )
+
+
+# Light students: a fraction of the paper's ST2 cost, for CPU serving. The cost of ST2 at 512 px
+# is the teacher-sized SR (256 and 128 channels at 256 and 512 px, ~75 % of its FLOPs) and a
+# 256-channel S2D at 128 px; these keep the layout and cut the widths, most at high resolution.
+# name -> (teacher preset, S2D channel_base, S2D channel_max, SR block channels). Each FFHQ one
+# has a demo-world mirror with the same ratios, where its fidelity can be measured first.
+LIGHT_STUDENTS: dict[str, tuple[str, int, int, tuple[int, int]]] = {
+    # 1/4 the S2D base width, 1/4 and 1/8 the SR widths: ~14 GFLOP/image vs ST2's ~260
+    "ffhq512-light": ("ffhq512", 8192, 256, (64, 16)),
+    # 1/8 the S2D base width, 1/8 and 1/16 the SR widths: ~4 GFLOP/image
+    "ffhq512-lighter": ("ffhq512", 4096, 128, (32, 8)),
+    "demo-light": ("demo", 1024, 64, (16, 8)),  # mirrors ffhq512-light
+    "demo-lighter": ("demo", 512, 32, (8, 4)),  # mirrors ffhq512-lighter
+}
+# Which demo-world preset trains the same-shaped student as each light FFHQ preset.
+LIGHT_DEMO_MIRROR = {"ffhq512-light": "demo-light", "ffhq512-lighter": "demo-lighter"}
+
+
+def teacher_preset_of(name: str) -> str:
+    """The teacher preset a student preset distils (itself, except for the light students)."""
+    return LIGHT_STUDENTS[name][0] if name in LIGHT_STUDENTS else name
+
+
 def student_preset(name: str, **overrides: Any) -> StudentConfig:
     """The student mirroring a teacher preset (``ffhq512``, ``afhq512``, ``shapenet128``, ``tiny``,
-    ``demo``).
+    ``demo``), or a light student of one (``LIGHT_STUDENTS``: ``ffhq512-light``, ...).
 
     The 512 px students use StyleGAN2's widths up to 128 px and the teacher's SR (the paper's
     ST2); ``tiny`` matches the tiny teacher for tests and ``demo`` the demo world's teacher.
@@ -283,8 +316,14 @@ def student_preset(name: str, **overrides: Any) -> StudentConfig:
     """
     from .eg3d.presets import preset
 
-    teacher = preset(name)
-    if name == "tiny":
+    teacher = preset(teacher_preset_of(name))
+    if name in LIGHT_STUDENTS:
+        _, channel_base, channel_max, sr_channels = LIGHT_STUDENTS[name]
+        sr = _light_sr(teacher, sr_channels, teacher.superresolution.conv_clamp)
+        base = StudentConfig(
+            teacher=teacher, channel_base=channel_base, channel_max=channel_max, superresolution=sr
+        )
+    elif name == "tiny":
         base = StudentConfig(teacher=teacher, mapping_layers=2, channel_base=512, channel_max=32)
     elif name in ("demo", "demo-face"):  # the demo teachers' backbone widths: ~1.5 M parameters
         base = StudentConfig(teacher=teacher, channel_base=4096, channel_max=128)
