@@ -19,7 +19,7 @@ from .errors import install_error_handlers
 from .metrics import ServiceMetrics
 from .middleware import ApiKeyGuard, BodyLimit, RequestMetrics
 from .render_service import RenderService
-from .routers import health, invert, models, orbit, render, viewer
+from .routers import graphs, health, invert, models, orbit, render, viewer
 from .settings import ServiceSettings
 
 
@@ -53,8 +53,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     api_key = None if settings.api_key is None else settings.api_key.get_secret_value()
     app.add_middleware(ApiKeyGuard, api_key=api_key)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(graphs.CrossOriginIsolation)  # COOP/COEP on / and /static (WASM threads)
     install_error_handlers(app)
-    for module in (render, orbit, invert, viewer, health, models):
+    for module in (render, orbit, invert, viewer, health, models, graphs):
         app.include_router(module.router)
     viewer.mount_static(app)
     return app
