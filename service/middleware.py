@@ -17,28 +17,38 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import BodyTooLarge
 from .metrics import ServiceMetrics
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes must work without credentials
+# Open with an API key set: the probes (a kubelet or load balancer has no credentials), and the
+# viewer's page and static files (no model work, no data: the page asks for the key and sends it
+# with every API call it makes). The API docs and schema, /metrics and every model route need it.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+OPEN_PREFIXES = ("/static/",)
 
 
 class ApiKeyGuard:
-    """401 for every request without ``Authorization: Bearer <key>``, except ``open_paths``.
+    """401 for every request without ``Authorization: Bearer <key>``, except ``open_paths`` and
+    paths under ``open_prefixes``.
 
-    It runs before routing, so the API docs, the viewer and its static files are covered as
-    well as the API, and a request's body is never read (or parsed) before its key is checked.
+    It runs before routing, so the API docs and schema are covered as well as the API, and a
+    request's body is never read (or parsed) before its key is checked.
     """
 
     def __init__(
-        self, app: ASGIApp, api_key: str | None, open_paths: Collection[str] = OPEN_PATHS
+        self,
+        app: ASGIApp,
+        api_key: str | None,
+        open_paths: Collection[str] = OPEN_PATHS,
+        open_prefixes: tuple[str, ...] = OPEN_PREFIXES,
     ) -> None:
         self.app = app
         self.api_key = api_key
         self.open_paths = frozenset(open_paths)
+        self.open_prefixes = open_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
             or self.api_key is None
-            or scope.get("path", "") in self.open_paths
+            or self._is_open(scope.get("path", ""))
             or self._authorized(scope)
         ):
             await self.app(scope, receive, send)
@@ -49,6 +59,12 @@ class ApiKeyGuard:
             headers={"WWW-Authenticate": "Bearer"},
         )
         await response(scope, _no_receive, send)
+
+    def _is_open(self, path: str) -> bool:
+        # A path with ".." segments never counts as open: the static mount resolves it.
+        if ".." in path.split("/"):
+            return False
+        return path in self.open_paths or path.startswith(self.open_prefixes)
 
     def _authorized(self, scope: Scope) -> bool:
         assert self.api_key is not None

@@ -31,15 +31,22 @@ def test_malformed_json_without_a_key_is_401_not_a_parse_error(settings_for):
     run(go())
 
 
-def test_docs_viewer_and_static_need_the_key_probes_do_not(settings_for):
+def test_docs_and_metrics_need_the_key_probes_and_the_viewer_shell_do_not(settings_for):
+    """With a key set, the API docs and schema and /metrics are 401 without it; the probes and
+    the viewer's page and static files (no model work, no data) answer, and the page then asks
+    for the key for every API call."""
+
     async def go():
         async with serving(settings_for(api_key="s3cret")) as client:
-            for path in ("/docs", "/redoc", "/openapi.json", "/", "/static/viewer.js"):
+            for path in ("/docs", "/redoc", "/openapi.json", "/metrics"):
                 r = await client.get(path)
                 assert r.status_code == 401, path
                 assert (await client.get(path, headers=KEY)).status_code == 200, path
-            assert (await client.get("/healthz")).status_code == 200
-            assert (await client.get("/readyz")).status_code == 200
+            for path in ("/healthz", "/readyz", "/", "/static/viewer.js"):
+                assert (await client.get(path)).status_code == 200, path
+            # An open prefix does not open what a dot-dot path resolves to.
+            assert (await client.get("/static/../openapi.json")).status_code in (401, 404)
+            assert (await client.get("/render", params={"seed": 0})).status_code == 401
 
     run(go())
 
