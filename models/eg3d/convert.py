@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from ..camera import FFHQ_FOCAL, SHAPENET_FOCAL
-from ..checkpoint import load_state_dict_strict
+from ..checkpoint import check_architecture, expected_shapes, load_state_dict_strict
 from ..errors import CheckpointError
-from .config import EG3DConfig, PlaneOrder, RenderingConfig, SuperResolutionConfig
+from .config import EG3DConfig, PlaneOrder, RenderingConfig, SuperResolutionConfig, shown
 from .generator import TriPlaneGenerator
 from .official import OfficialNetwork
 
@@ -50,26 +50,28 @@ def _rendering_config(rk: dict[str, Any]) -> RenderingConfig:
     if start == "auto" or end == "auto":
         if not start == end == "auto":
             raise CheckpointError(
-                f"ray_start/ray_end must both be 'auto' or numbers, got {start!r}/{end!r}"
+                f"ray_start/ray_end must both be 'auto' or numbers, got {shown(start)}/{shown(end)}"
             )
         start = end = None
-    white_back = bool(rk.get("white_back", False))
+    # Values go to RenderingConfig as recorded: it checks each one's type and range by name,
+    # where float()/int()/bool() here would turn a list into a crash and 4.5 into 4 silently.
+    white_back = rk.get("white_back", False)
     try:
         return RenderingConfig(
-            ray_start=None if start is None else float(start),
-            ray_end=None if end is None else float(end),
-            box_warp=float(rk["box_warp"]),
-            depth_resolution=int(rk["depth_resolution"]),
-            depth_resolution_importance=int(rk["depth_resolution_importance"]),
+            ray_start=start,
+            ray_end=end,
+            box_warp=rk["box_warp"],
+            depth_resolution=rk["depth_resolution"],
+            depth_resolution_importance=rk["depth_resolution_importance"],
             white_back=white_back,
-            c_gen_conditioning_zero=bool(rk.get("c_gen_conditioning_zero", False)),
-            c_scale=float(rk.get("c_scale", 0)),  # upstream's .get default is 0
+            c_gen_conditioning_zero=rk.get("c_gen_conditioning_zero", False),
+            c_scale=rk.get("c_scale", 0),  # upstream's .get default is 0
             superresolution_noise_mode=rk.get("superresolution_noise_mode", "none"),
-            sr_antialias=bool(rk.get("sr_antialias", True)),
-            avg_camera_radius=float(rk.get("avg_camera_radius", 2.7)),
-            avg_camera_pivot=tuple(float(v) for v in rk.get("avg_camera_pivot", (0, 0, 0.2))),
+            sr_antialias=rk.get("sr_antialias", True),
+            avg_camera_radius=rk.get("avg_camera_radius", 2.7),
+            avg_camera_pivot=rk.get("avg_camera_pivot", (0, 0, 0.2)),
             # Not recorded in the file: EG3D's scripts use 1.7074 for ShapeNet (white background).
-            focal_length=SHAPENET_FOCAL if white_back else FFHQ_FOCAL,
+            focal_length=SHAPENET_FOCAL if white_back is True else FFHQ_FOCAL,
         )
     except KeyError as exc:
         raise CheckpointError(
@@ -108,11 +110,11 @@ def config_from_official(net: OfficialNetwork, plane_order: PlaneOrder = "origin
     decoder_out = _shape(state, "decoder.net.2.weight")
 
     module = rk.get("superresolution_module", "")
-    if module not in SR_MODULES:
+    if not isinstance(module, str) or module not in SR_MODULES:
         raise CheckpointError(
-            f"unsupported super-resolution module {module!r}; supported: {sorted(SR_MODULES)}"
+            f"unsupported super-resolution module {shown(module)}; supported: {sorted(SR_MODULES)}"
         )
-    sr_fp16 = int(kw.get("sr_num_fp16_res", 0)) > 0
+    sr_fp16 = _count(kw, "sr_num_fp16_res", 0) > 0
     sr = dataclasses.replace(
         SuperResolutionConfig.preset(SR_MODULES[module]),
         use_fp16=sr_fp16,
@@ -124,25 +126,27 @@ def config_from_official(net: OfficialNetwork, plane_order: PlaneOrder = "origin
             raise CheckpointError(f"{module} block{idx} has {found} channels, expected {channels}")
 
     mapping_kw = kw.get("mapping_kwargs") or {}
-    if "num_layers" in mapping_kw and int(mapping_kw["num_layers"]) != len(fc_layers):
+    if not isinstance(mapping_kw, dict):
+        raise CheckpointError(f"mapping_kwargs must be a dict, got {shown(mapping_kw)}")
+    if "num_layers" in mapping_kw and _count(mapping_kw, "num_layers", 0) != len(fc_layers):
         raise CheckpointError(
             f"mapping_kwargs says {mapping_kw['num_layers']} layers but the file has {len(fc_layers)}"
         )
     try:
         return EG3DConfig(
-            z_dim=int(kw.get("z_dim", net.attributes.get("z_dim", 512))),
-            w_dim=int(kw.get("w_dim", net.attributes.get("w_dim", 512))),
-            c_dim=int(kw.get("c_dim", net.attributes.get("c_dim", 25))),
-            img_resolution=int(kw.get("img_resolution", net.attributes.get("img_resolution", 512))),
+            z_dim=kw.get("z_dim", net.attributes.get("z_dim", 512)),
+            w_dim=kw.get("w_dim", net.attributes.get("w_dim", 512)),
+            c_dim=kw.get("c_dim", net.attributes.get("c_dim", 25)),
+            img_resolution=kw.get("img_resolution", net.attributes.get("img_resolution", 512)),
             mapping_layers=len(fc_layers),
-            channel_base=int(kw.get("channel_base", 32768)),
-            channel_max=int(kw.get("channel_max", 512)),
+            channel_base=kw.get("channel_base", 32768),
+            channel_max=kw.get("channel_max", 512),
             plane_resolution=plane_resolution,
             plane_channels=torgb_out // 3,
             decoder_hidden=decoder_in[0],
             feature_channels=decoder_out[0] - 1,
-            decoder_lr_mul=float(rk.get("decoder_lr_mul", 1)),
-            neural_rendering_resolution=int(net.attributes.get("neural_rendering_resolution", 64)),
+            decoder_lr_mul=rk.get("decoder_lr_mul", 1),
+            neural_rendering_resolution=net.attributes.get("neural_rendering_resolution", 64),
             plane_order=plane_order,
             superresolution=sr,
             rendering=_rendering_config(rk),
@@ -158,9 +162,25 @@ def generator_from_official(
     if net.class_name not in ("TriPlaneGenerator", ""):
         raise CheckpointError(f"expected a TriPlaneGenerator, the file holds a {net.class_name}")
     config = config_from_official(net, plane_order)
-    generator = TriPlaneGenerator(config)
+    # Shapes first, from a meta-device model: an in-range config that disagrees with the
+    # tensors is refused by name before the real generator is allocated.
+    file_shapes = {name: tuple(tensor.shape) for name, tensor in net.state_dict.items()}
+    source = "the official checkpoint"
+    check_architecture(file_shapes, expected_shapes(TriPlaneGenerator, config), source)
+    try:
+        generator = TriPlaneGenerator(config)
+    except (MemoryError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot allocate the generator: {str(exc)[:300]}") from exc
     state = {
         k: v.to(torch.float32) if v.is_floating_point() else v for k, v in net.state_dict.items()
     }
-    load_state_dict_strict(generator, state, source="the official checkpoint")
+    load_state_dict_strict(generator, state, source=source)
     return generator.eval().requires_grad_(False)
+
+
+def _count(settings: dict[str, Any], name: str, default: int) -> int:
+    """An integer setting (``sr_num_fp16_res``, ``num_layers``) as recorded; bool is refused."""
+    value = settings.get(name, default)
+    if type(value) is not int:
+        raise CheckpointError(f"{name} must be an integer, got {shown(value)}")
+    return value
