@@ -34,6 +34,15 @@ from ..models.editing import truncate
 from ..models.render import frontal_camera
 from ..models.runtime.errors import ExportError
 from ..models.runtime.export_files import EXPORT_FORMAT, METADATA_NAME, graph_path
+from ..models.runtime.triton_names import (
+    CAMERA_LABEL_SIZE,
+    IMAGE,
+    IMAGE_RAW,
+    TRUNCATION_PSI,
+    C,
+    W,
+    Z,
+)
 from ..models.student import Student
 
 log = logging.getLogger(__name__)
@@ -237,11 +246,11 @@ def export_onnx(
         # 1. The student.
         spec = GraphSpec(
             STUDENT_GRAPH,
-            {"w": ["batch", student.w_dim], "c": ["batch", 25]},
-            {"image": ["batch", 3, res, res]},
+            {W: ["batch", student.w_dim], C: ["batch", CAMERA_LABEL_SIZE]},
+            {IMAGE: ["batch", 3, res, res]},
         )
         if with_raw:
-            spec.outputs["image_raw"] = ["batch", 3, nrr, nrr]
+            spec.outputs[IMAGE_RAW] = ["batch", 3, nrr, nrr]
         graph = StudentGraph(student, with_raw).eval()
         example = _camera_inputs(student, seed)(2)
         _export(
@@ -255,11 +264,11 @@ def export_onnx(
         # 2. The teacher's z -> w mapping.
         mspec = GraphSpec(
             MAPPING_GRAPH,
-            {"z": ["batch", student.z_dim], "truncation_psi": ["batch", 1]},
-            {"w": ["batch", student.w_dim]},
+            {Z: ["batch", student.z_dim], TRUNCATION_PSI: ["batch", 1]},
+            {W: ["batch", student.w_dim]},
         )
         mapping = MappingGraph(student).eval()
-        make_z = _inputs_maker({"z": student.z_dim, "truncation_psi": 1}, seed)
+        make_z = _inputs_maker({Z: student.z_dim, TRUNCATION_PSI: 1}, seed)
         _export(
             mapping,
             tuple(torch.from_numpy(v) for v in make_z(2).values()),

@@ -25,6 +25,14 @@ from typing import Any
 from ..models.runtime.errors import ExportError
 from ..models.runtime.export_files import graph_path, read_export
 from ..models.runtime.tensorrt import GRAPHS, PLAN_METADATA, PlanMetadata
+from ..models.runtime.triton_names import (
+    DATATYPE,
+    DEFAULT_MODEL_NAME,
+    MODEL_VERSION,
+    C,
+    W,
+    model_names,
+)
 
 CONFIG_NAME = "config.pbtxt"
 KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU", "auto": "KIND_AUTO"}
@@ -32,7 +40,7 @@ KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU", "auto": "KIND_AUTO"}
 
 @dataclass(frozen=True)
 class TritonSettings:
-    name: str = "distill3d"
+    name: str = DEFAULT_MODEL_NAME
     max_batch_size: int = 32
     max_queue_delay_us: int = 2000  # how long the batcher may wait to fill a batch
     instance_kind: str = "gpu"
@@ -96,7 +104,11 @@ def _tensors(spec: dict[str, list[int | str]], skip_batch: bool = True) -> list[
         if shape[0] != "batch":
             raise ExportError(f"tensor {name} has no leading batch axis: {shape}")
         out.append(
-            {"name": name, "data_type": Enum("TYPE_FP32"), "dims": [int(d) for d in shape[1:]]}
+            {
+                "name": name,
+                "data_type": Enum(f"TYPE_{DATATYPE}"),
+                "dims": [int(d) for d in shape[1:]],
+            }
         )
     return out
 
@@ -130,9 +142,9 @@ def _map(pairs: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
 def _ensemble_config(
     settings: TritonSettings, student: dict[str, Any], mapping: dict[str, Any]
 ) -> dict[str, Any]:
-    inputs = {**mapping["inputs"], "c": student["inputs"]["c"]}
+    inputs = {**mapping["inputs"], C: student["inputs"][C]}
     return {
-        "name": f"{settings.name}_z",
+        "name": model_names(settings.name).pipeline,
         "platform": "ensemble",
         "max_batch_size": settings.max_batch_size,
         "input": _tensors(inputs),
@@ -140,15 +152,15 @@ def _ensemble_config(
         "ensemble_scheduling": {
             "step": [
                 {
-                    "model_name": f"{settings.name}_mapping",
+                    "model_name": model_names(settings.name).mapping,
                     "model_version": -1,
                     "input_map": _map((k, k) for k in mapping["inputs"]),
-                    "output_map": _map([("w", "mapped_w")]),
+                    "output_map": _map([(W, "mapped_w")]),
                 },
                 {
                     "model_name": settings.name,
                     "model_version": -1,
-                    "input_map": _map([("w", "mapped_w"), ("c", "c")]),
+                    "input_map": _map([(W, "mapped_w"), (C, C)]),
                     "output_map": _map((k, k) for k in student["outputs"]),
                 },
             ]
@@ -159,7 +171,7 @@ def _ensemble_config(
 def _write_model(
     root: Path, config: dict[str, Any], files: dict[str, Path], metadata: dict[str, Any]
 ) -> None:
-    version = root / config["name"] / "1"
+    version = root / config["name"] / MODEL_VERSION
     version.mkdir(parents=True)
     for target, source in files.items():
         shutil.copyfile(source, version / target)
@@ -234,7 +246,7 @@ def write_repository(
 
     mapping = graphs["mapping"]
     mapping_config = _model_config(
-        f"{settings.name}_mapping",
+        model_names(settings.name).mapping,
         "onnxruntime_onnx",
         mapping["inputs"],
         mapping["outputs"],
