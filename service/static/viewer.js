@@ -1,17 +1,25 @@
-// distill3d viewer: every control change re-renders through POST /render; the orbit button
-// plays POST /orbit; a photo is fitted through POST /invert and then rendered like a seed.
+// distill3d viewer. Every control change re-renders: in the browser with the student's graphs
+// (local.js) when it can, else through POST /render (the teacher beyond the student's range, W+
+// latents, style mixing inside the layers, no WebAssembly). The orbit button plays POST /orbit;
+// a photo is fitted through POST /invert and then rendered like a seed.
 // Plain browser JavaScript, no build step and nothing loaded from elsewhere.
 "use strict";
 
+import * as local from "/static/local.js";
+
 const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
 
 const state = {
   fitted: null, // the latent file /invert returned
-  renderAbort: null,
+  rendering: false,
+  pending: false,
   renderTimer: null,
-  imageUrl: null,
   videoUrl: null,
   renders: 0,
+  models: null, // /v1/models
+  local: null, // a local.LocalRenderer once loaded
+  localStatus: "loading the student's graphs…",
 };
 
 function apiKey() {
@@ -52,10 +60,14 @@ function showError(error) {
   box.hidden = false;
 }
 
+function usePhoto() {
+  return document.querySelector('input[name="identity"]:checked').value === "photo" && state.fitted;
+}
+
+// The request's identity fields (as POST /render takes them).
 function identityFields() {
-  const usePhoto = document.querySelector('input[name="identity"]:checked').value === "photo";
   const fields = {};
-  if (usePhoto && state.fitted) {
+  if (usePhoto()) {
     if (state.fitted.w) fields.w = state.fitted.w;
     else fields.ws = state.fitted.ws;
   } else {
@@ -64,6 +76,9 @@ function identityFields() {
   fields.truncation = Number($("truncation").value);
   if ($("interp-enable").checked) {
     fields.interpolate = { seed: Number($("seed-b").value) || 0, t: Number($("interp-t").value) };
+  }
+  if ($("mix-enable").checked) {
+    fields.mix = { seed: Number($("mix-seed").value) || 0, cutoff: Number($("mix-cutoff").value) };
   }
   fields.backend = $("backend").value;
   return fields;
@@ -74,50 +89,182 @@ function updateLabels() {
   $("pitch-value").textContent = `${$("pitch").value}°`;
   $("truncation-value").textContent = Number($("truncation").value).toFixed(2);
   $("interp-t-value").textContent = Number($("interp-t").value).toFixed(2);
+  $("mix-cutoff-value").textContent = $("mix-cutoff").value;
 }
 
 function scheduleRender() {
   updateLabels();
+  if (state.rendering) {
+    state.pending = true; // drawn as soon as the frame in progress is done
+    return;
+  }
   clearTimeout(state.renderTimer);
-  state.renderTimer = setTimeout(render, 40);
+  state.renderTimer = setTimeout(render, state.local ? 0 : 40);
+}
+
+// -- in the browser -----------------------------------------------------------------------------
+
+// The latent of the request in W, as the service resolves it: each latent truncated, then
+// interpolated, then mixed. null when part of it needs the server (a W+ latent without w).
+async function localLatent(fields) {
+  const r = state.local;
+  const m = r.manifest;
+  const psi = fields.truncation;
+  const numWs = m.num_ws || 1;
+  const resolve = async (f) => {
+    if (f.seed !== undefined) return { w: await r.wOfSeed(f.seed, psi) };
+    if (!m.w_avg) return null;
+    const wAvg = Float32Array.from(m.w_avg);
+    if (f.w) return { w: local.truncate(Float32Array.from(f.w), wAvg, psi) };
+    return { ws: f.ws.map((row) => local.truncate(Float32Array.from(row), wAvg, psi)) };
+  };
+  let latent = await resolve(fields);
+  if (latent === null) return null;
+  if (fields.interpolate) {
+    latent = local.interpolateLatents(latent, await resolve(fields.interpolate), fields.interpolate.t, numWs);
+  }
+  if (fields.mix) {
+    if (!m.num_ws || fields.mix.cutoff > m.num_ws) return null;
+    latent = local.styleMix(latent, await resolve(fields.mix), fields.mix.cutoff, m.num_ws);
+  }
+  return latent;
+}
+
+// Why this frame cannot be drawn in the browser (null when it can).
+function localBlocker(fields, yaw, pitch) {
+  if (!state.local) return state.localStatus;
+  if (fields.backend === "volumetric") return "the volumetric teacher was chosen";
+  const range = state.local.manifest.pose_range;
+  if (range && (Math.abs(yaw) > range.yaw_deg || Math.abs(pitch) > range.pitch_deg)) {
+    return `pose beyond the student's range (|yaw| ≤ ${range.yaw_deg}°, |pitch| ≤ ${range.pitch_deg}°)`;
+  }
+  return null;
+}
+
+function draw(pixels, size) {
+  const view = $("view");
+  if (view.width !== size) view.width = view.height = size;
+  view.getContext("2d").putImageData(new ImageData(pixels, size, size), 0, 0);
+}
+
+// What drew the canvas, for people (the stats line) and tests (data-* attributes).
+function drawn(path, backend, ms, yaw, pitch) {
+  const view = $("view");
+  state.renders += 1;
+  Object.assign(view.dataset, {
+    renders: String(state.renders), path, backend, frameMs: ms.toFixed(2), yaw: String(yaw), pitch: String(pitch),
+  });
+}
+
+async function renderLocal(fields, yaw, pitch) {
+  const started = performance.now();
+  const latent = await localLatent(fields);
+  if (!latent || !latent.w) return false;
+  const label = local.orbitLabel(yaw, pitch, state.local.manifest.camera);
+  const frame = await state.local.render(latent.w, label);
+  draw(frame.pixels, frame.size);
+  const total = performance.now() - started;
+  drawn("browser", state.local.ep, frame.ms, yaw, pitch);
+  $("stats").textContent =
+    `in the browser · ${state.local.label} · student ${frame.ms.toFixed(1)} ms · frame ${total.toFixed(1)} ms`;
+  return true;
+}
+
+async function renderServer(fields, yaw, pitch, why) {
+  const { response, elapsed } = await api("/render", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ ...fields, yaw, pitch, format: "png" }),
+  });
+  const bitmap = await createImageBitmap(await response.blob());
+  const view = $("view");
+  if (view.width !== bitmap.width) {
+    view.width = bitmap.width;
+    view.height = bitmap.height;
+  }
+  view.getContext("2d").drawImage(bitmap, 0, 0);
+  const h = response.headers;
+  drawn("server", h.get("x-backend"), Number(h.get("x-model-time-ms")), yaw, pitch);
+  const fallback = h.get("x-fallback") ? ` · fallback: ${h.get("x-fallback")}` : "";
+  $("stats").textContent =
+    `server · ${h.get("x-backend")} · model ${h.get("x-model-time-ms")} ms · ` +
+    `round trip ${elapsed.toFixed(0)} ms · batch ${h.get("x-batch-size")}${fallback}` +
+    (why ? ` · not in the browser: ${why}` : "");
 }
 
 async function render() {
-  if (state.renderAbort) state.renderAbort.abort(); // only the latest pose matters
-  const abort = new AbortController();
-  state.renderAbort = abort;
-  const body = {
-    ...identityFields(),
-    yaw: Number($("yaw").value),
-    pitch: Number($("pitch").value),
-    format: "png",
-  };
+  state.rendering = true;
+  const fields = identityFields();
+  const yaw = Number($("yaw").value);
+  const pitch = Number($("pitch").value);
   try {
-    const { response, elapsed } = await api("/render", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-      signal: abort.signal,
-    });
-    const blob = await response.blob();
-    if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
-    state.imageUrl = URL.createObjectURL(blob);
-    const view = $("view");
-    view.onload = () => {
-      state.renders += 1;
-      view.dataset.renders = String(state.renders);
-    };
-    view.src = state.imageUrl;
-    const h = response.headers;
-    const fallback = h.get("x-fallback") ? ` · fallback: ${h.get("x-fallback")}` : "";
-    $("stats").textContent =
-      `${h.get("x-backend")} · model ${h.get("x-model-time-ms")} ms · ` +
-      `round trip ${elapsed.toFixed(0)} ms · batch ${h.get("x-batch-size")}${fallback}`;
+    let why = localBlocker(fields, yaw, pitch);
+    if (why === null) {
+      try {
+        if (!(await renderLocal(fields, yaw, pitch))) why = "per-layer latents (W+ or style mixing) need the server";
+      } catch (error) {
+        why = `in-browser rendering failed: ${error.message}`;
+      }
+    }
+    if (why !== null) await renderServer(fields, yaw, pitch, why);
     showError(null);
   } catch (error) {
     showError(error);
+  } finally {
+    state.rendering = false;
+    if (state.pending) {
+      state.pending = false;
+      scheduleRender();
+    }
   }
 }
+
+async function startLocal() {
+  if (params.get("local") === "off" || !$("local-enable").checked) {
+    state.localStatus = "in-browser rendering is off";
+    $("local-status").textContent = state.localStatus;
+    return;
+  }
+  try {
+    if (typeof WebAssembly !== "object") throw new Error("no WebAssembly in this browser");
+    const { response } = await api("/graphs/manifest.json");
+    const manifest = await response.json();
+    const bytes = manifest.graphs.student.bytes + manifest.graphs.mapping.bytes;
+    const limit = Number(params.get("max_graph_mb") || 512) * 2 ** 20;
+    if (bytes > limit) throw new Error(`the graphs are ${(bytes / 2 ** 20).toFixed(0)} MB, too big to download`);
+    $("local-status").textContent = `loading ${(bytes / 2 ** 20).toFixed(1)} MB of graphs…`;
+    const fetchBytes = async (path) => (await (await api(path)).response.arrayBuffer());
+    const started = performance.now();
+    state.local = await local.LocalRenderer.create(manifest, fetchBytes, {
+      ep: params.get("ep") || "auto",
+      threads: Number(params.get("threads") || 0),
+    });
+    const notes = state.local.notes.length ? ` (${state.local.notes.join("; ")})` : "";
+    $("local-status").textContent =
+      `in the browser: ${state.local.label}, ready in ${((performance.now() - started) / 1000).toFixed(1)} s` +
+      `${crossOriginIsolated ? "" : " (not cross-origin isolated: one thread)"}${notes}`;
+    scheduleRender();
+  } catch (error) {
+    state.local = null;
+    state.localStatus = error.message;
+    $("local-status").textContent = `the server renders: ${error.message}`;
+  }
+}
+
+// Median time of `count` student frames at the current pose (for measurements and tests).
+window.distill3dBench = async (count = 20) => {
+  if (!state.local) return null;
+  const fields = identityFields();
+  const latent = await localLatent(fields);
+  const label = local.orbitLabel(Number($("yaw").value), Number($("pitch").value), state.local.manifest.camera);
+  const times = [];
+  for (let i = 0; i < count; i++) times.push((await state.local.render(latent.w, label)).ms);
+  times.sort((a, b) => a - b);
+  return { ep: state.local.ep, label: state.local.label, median_ms: times[Math.floor(count / 2)], min_ms: times[0] };
+};
+window.distill3dLocal = local; // the seed, camera and edit functions, for tests
+
+// -- orbit, inversion, models -------------------------------------------------------------------
 
 async function playOrbit() {
   const button = $("orbit-button");
@@ -193,6 +340,7 @@ async function loadModels() {
   try {
     const { response } = await api("/v1/models");
     const info = await response.json();
+    state.models = info;
     const roles = info.models.map((m) => m.role);
     $("models").textContent = info.models
       .map((m) => `${m.role}: ${m.backend} ${m.img_resolution}px on ${m.device}`)
@@ -207,16 +355,17 @@ async function loadModels() {
     $("yaw").max = Math.floor(yaw);
     $("pitch").min = -Math.floor(pitch);
     $("pitch").max = Math.floor(pitch);
+    if (info.latent?.num_ws) $("mix-cutoff").max = info.latent.num_ws;
   } catch (error) {
     showError(error);
   }
 }
 
 function wire() {
-  for (const id of ["yaw", "pitch", "truncation", "interp-t"]) {
+  for (const id of ["yaw", "pitch", "truncation", "interp-t", "mix-cutoff"]) {
     $(id).addEventListener("input", scheduleRender);
   }
-  for (const id of ["seed", "seed-b", "interp-enable", "backend"]) {
+  for (const id of ["seed", "seed-b", "interp-enable", "mix-enable", "mix-seed", "backend"]) {
     $(id).addEventListener("change", scheduleRender);
   }
   for (const radio of document.querySelectorAll('input[name="identity"]')) {
@@ -232,11 +381,22 @@ function wire() {
   });
   $("fit-button").addEventListener("click", fitPhoto);
   $("orbit-button").addEventListener("click", playOrbit);
+  $("local-enable").checked = params.get("local") !== "off";
+  $("local-enable").addEventListener("change", () => {
+    if ($("local-enable").checked) startLocal();
+    else {
+      state.local = null;
+      state.localStatus = "in-browser rendering is off";
+      $("local-status").textContent = state.localStatus;
+    }
+    scheduleRender();
+  });
   $("api-key").addEventListener("change", () => {
     sessionStorage.setItem("distill3d-api-key", $("api-key").value);
-    loadModels().then(scheduleRender);
+    loadModels().then(scheduleRender).then(startLocal);
   });
 }
 
 wire();
 loadModels().then(scheduleRender);
+startLocal();
