@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..models.eg3d.generator import TriPlaneGenerator
 from ..models.render import orbit_camera, w_avg_of
 from ..models.student import Student
+from ..models.timing import synchronize, time_calls
 
 log = logging.getLogger(__name__)
 
@@ -81,23 +82,18 @@ class BenchReport:
         return asdict(self)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
 def matmul_peak_tflops(device: str, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
     """Measured dense matmul throughput of ``device`` (the roofline we compare against)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
-    _sync(device)
+    synchronize(device)
     repeats = 20 if device.startswith("cuda") else 3
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    _sync(device)
+    synchronize(device)
     seconds = (time.perf_counter() - start) / repeats
     return 2 * n**3 / seconds / 1e12
 
@@ -298,17 +294,12 @@ def measure(
         with torch.no_grad():
             for _ in range(warmup):
                 call()
-            _sync(runner.device)
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(runner.device)
-            sampler = _RssSampler()
-            times = []
-            with sampler.sampling():
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    call()
-                    _sync(runner.device)
-                    times.append(time.perf_counter() - start)
+            synchronize(runner.device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(runner.device)
+        sampler = _RssSampler()
+        with sampler.sampling():
+            times = time_calls(call, runner.device, warmup=0, repeats=repeats)
     except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
         row.error = f"out of memory: {str(exc).splitlines()[0][:120]}"
         return row

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from ...models.metrics import psnr, reprojection_error, ssim
 from ...models.orbit import OrbitPath, orbit_angles
 from ...models.rng import generator_for
 from ...models.student import Student
+from ...models.timing import time_calls
 from .dataset import green_shift
 from .scenes import build_scenes, render_scenes, sample_z, scene_camera
 
@@ -157,14 +159,20 @@ def demo_report(
 
 
 def _speed(teacher: TriPlaneGenerator, student: Student, repeats: int) -> dict[str, float]:
-    from ...export.bench import measure, student_torch_runners, teacher_runner
-
+    """Median ms per image at batch 1 of each model on one held-out scene (yaw 10, pitch 5)."""
     device = str(next(teacher.parameters()).device)
-    rows = {
-        "teacher": measure(teacher_runner(teacher, device), 1, warmup=1, repeats=repeats),
-        "student": measure(student_torch_runners(student, device)[0], 1, 1, repeats),
+    z = sample_z(REPORT_SEED, 1).to(device)
+    c = scene_camera([10.0], [5.0]).to_label().to(device)
+    ws = teacher.mapping(z, c)
+    rng = [generator_for(0, device)]
+    calls = {
+        "teacher": lambda: teacher.synthesis(ws, c, noise_mode="const", rng=rng),
+        "student": lambda: student.synthesis(ws[:, 0], c, noise_mode="const"),
     }
-    return {name: float(row.ms_per_image_median or float("nan")) for name, row in rows.items()}
+    return {
+        name: round(1000 * statistics.median(time_calls(call, device, 1, repeats)), 3)
+        for name, call in calls.items()
+    }
 
 
 def turntable_path(config: DemoReportConfig) -> OrbitPath:
