@@ -9,7 +9,7 @@ records every CUDA-only item as skipped with its reason, so the report format an
 paths stay tested.
 
     python -m distill3d.export.gpu_check --out docs/gpu-check            # on the GPU machine
-    python -m distill3d.export.gpu_check --cpu-only --out /tmp/gpu-check  # anywhere, < 60 s
+    python -m distill3d.export.gpu_check --cpu-only --out gpu-check-cpu  # anywhere, < 60 s
 
 Measurements reuse ``export/bench.py`` (runners and ``measure``); nothing is timed twice.
 """
