@@ -19,7 +19,7 @@ from .errors import install_error_handlers
 from .metrics import ServiceMetrics
 from .middleware import ApiKeyGuard, BodyLimit, RequestMetrics
 from .render_service import RenderService
-from .routers import graphs, health, invert, models, orbit, render, viewer
+from .routers import graphs, health, inference_v2, invert, models, orbit, render, viewer
 from .settings import ServiceSettings
 
 
@@ -55,7 +55,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(graphs.CrossOriginIsolation)  # COOP/COEP on / and /static (WASM threads)
     install_error_handlers(app)
-    for module in (render, orbit, invert, viewer, health, models, graphs):
+    for module in (render, orbit, invert, viewer, health, models, graphs, inference_v2):
         app.include_router(module.router)
     viewer.mount_static(app)
     return app

@@ -20,7 +20,7 @@ from .metrics import ServiceMetrics
 # Open with an API key set: the probes (a kubelet or load balancer has no credentials), and the
 # viewer's page and static files (no model work, no data: the page asks for the key and sends it
 # with every API call it makes). The API docs and schema, /metrics and every model route need it.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/"})
 OPEN_PREFIXES = ("/static/",)
 
 
