@@ -526,6 +526,12 @@ def bench_runners(
             export_onnx(student, onnx_dir, choice.export_source, fp16=device.startswith("cuda"))
         if onnx_dir is not None:
             runners.append(student_onnx_runner(onnx_dir, device, flops))
+            from ..models.runtime.export_files import read_export
+
+            if not device.startswith("cuda") and "student_int8" in read_export(onnx_dir)["graphs"]:
+                from .int8 import student_int8_runner  # the graph distill3d export int8 adds
+
+                runners.append(student_int8_runner(onnx_dir, flops))
         if choice.plan_dir is not None and onnx_dir is not None:
             runners.append(student_tensorrt_runner(choice.plan_dir, onnx_dir, device, flops))
         yield runners

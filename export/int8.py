@@ -306,3 +306,28 @@ def add_int8_graph(
     metadata["graphs"][INT8_KEY] = asdict(spec)
     write_metadata(folder, metadata)
     return metadata
+
+
+def student_int8_runner(export_dir: Path, flops: float) -> Any:
+    """A bench runner (``export/bench.py``) for the INT8 graph in ONNX Runtime on the CPU, fed
+    the same realistic inputs as the FP32 ONNX row so the two compare directly."""
+    import onnxruntime as ort
+
+    from .bench import Runner
+    from .onnx import sample_inputs
+
+    metadata = read_export(export_dir)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(
+        str(graph_path(export_dir, metadata, INT8_KEY)), options, providers=["CPUExecutionProvider"]
+    )
+    make_inputs = sample_inputs(export_dir, metadata)
+
+    def prepare(batch: int) -> Callable[[], Any]:
+        inputs = make_inputs(batch)
+        return lambda: session.run(None, inputs)
+
+    return Runner(
+        "student onnxruntime-int8", "student", "onnxruntime", "cpu", "int8", prepare, flops
+    )

@@ -43,6 +43,22 @@ def add_export(sub: SubParsers) -> None:
     )
     fp16_p.set_defaults(func=cmd_export_fp16)
 
+    int8_p = targets.add_parser(
+        "int8",
+        help="add student_int8.onnx (static QDQ INT8 convolutions, ONNX Runtime CPU), verified",
+        description="Quantize an export folder's student.onnx with ONNX Runtime, calibrated on "
+        "w from mapping.onnx and cameras in the student's pose range, and keep it only when its "
+        "images reach --min-psnr against the FP32 graph's on held-out samples.",
+    )
+    int8_p.add_argument("--onnx", required=True, type=Path, help="an export folder")
+    int8_p.add_argument(
+        "--min-psnr", type=float, default=30.0, help="INT8 vs FP32 image PSNR floor, dB"
+    )
+    int8_p.add_argument("--samples", type=int, default=64, help="calibration samples")
+    int8_p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    int8_p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
+    int8_p.set_defaults(func=cmd_export_int8)
+
     trt_p = targets.add_parser(
         "tensorrt",
         help="build a TensorRT plan (strongly typed, TensorRT 10.12+/11) on this GPU",
@@ -147,6 +163,19 @@ def cmd_export_fp16(args: argparse.Namespace) -> None:
 
     metadata = add_fp16_graph(args.onnx, min_psnr_db=args.min_psnr)
     graph = metadata["graphs"]["student_fp16"]
+    values = [v for v in graph["verification"]["psnr_db"].values() if v != "inf"]
+    worst = f"min PSNR {min(values):.1f} dB" if values else "identical"
+    print(f"{args.onnx / graph['file']}: verified against student.onnx at batch 1, 2, 5, {worst}")
+
+
+def cmd_export_int8(args: argparse.Namespace) -> None:
+    from ..export.int8 import Int8Settings, add_int8_graph
+
+    settings = Int8Settings(
+        calibration_samples=args.samples, method=args.method, per_channel=not args.per_tensor
+    )
+    metadata = add_int8_graph(args.onnx, min_psnr_db=args.min_psnr, settings=settings)
+    graph = metadata["graphs"]["student_int8"]
     values = [v for v in graph["verification"]["psnr_db"].values() if v != "inf"]
     worst = f"min PSNR {min(values):.1f} dB" if values else "identical"
     print(f"{args.onnx / graph['file']}: verified against student.onnx at batch 1, 2, 5, {worst}")

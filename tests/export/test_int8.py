@@ -82,3 +82,27 @@ def test_calibration_follows_the_recorded_pose_range(folder):
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="calibration method"):
         Int8Settings(method="magic")
+
+
+def test_cli_adds_the_graph_and_the_bench_measures_it(folder, capsys):
+    from distill3d.cli import main
+    from distill3d.export.bench import RunnerChoice, bench_runners, measure
+
+    args = ["export", "int8", "--onnx", str(folder), "--samples", "8", "--min-psnr", "15"]
+    assert main(args) == 0
+    assert "student_int8.onnx: verified against student.onnx" in capsys.readouterr().out
+    with bench_runners(None, None, "cpu", RunnerChoice(onnx_dir=folder)) as runners:
+        (int8,) = [r for r in runners if r.precision == "int8"]
+        row = measure(int8, 1, warmup=1, repeats=1)
+    assert row.error is None and row.ms_per_image_median > 0
+
+
+def test_cli_refusal_exits_2_and_leaves_the_folder(folder, capsys):
+    from distill3d.cli import main
+
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert (
+        main(["export", "int8", "--onnx", str(folder), "--samples", "4", "--min-psnr", "200"]) == 2
+    )
+    assert "INT8 graph was not written" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
