@@ -11,22 +11,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from .. import __version__
 from .errors import install_error_handlers
 from .metrics import ServiceMetrics
-from .middleware import ApiKeyGuard, BodyLimit, RequestMetrics
+from .middleware import ApiKeyGuard, BodyLimit, RequestContext, RequestMetrics
 from .render_service import RenderService
 from .routers import graphs, health, inference_v2, invert, models, orbit, render, viewer
 from .settings import ServiceSettings
+from .tracing import Tracing
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
-    """The service's app for ``settings`` (from the environment when None)."""
+def create_app(settings: ServiceSettings | None = None, tracer_provider: Any = None) -> FastAPI:
+    """The service's app for ``settings`` (from the environment when None); spans go to
+    ``tracer_provider`` when given (tests), else to ``settings.otlp_endpoint`` when set."""
     settings = settings or ServiceSettings()
     metrics = ServiceMetrics(settings.resolved_device())
+    tracing = Tracing.configure(settings.otlp_endpoint, tracer_provider)
     service = RenderService(settings, metrics)
 
     @asynccontextmanager
@@ -36,6 +40,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             yield
         finally:
             await service.stop()
+            tracing.shutdown()
 
     app = FastAPI(
         title="distill3d",
@@ -54,8 +59,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(ApiKeyGuard, api_key=api_key)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(graphs.CrossOriginIsolation)  # COOP/COEP on / and /static (WASM threads)
+    app.add_middleware(RequestContext, tracing=tracing)  # outermost: every answer gets its id
     install_error_handlers(app)
     for module in (render, orbit, invert, viewer, health, models, graphs, inference_v2):
         app.include_router(module.router)
     viewer.mount_static(app)
+    metrics.precreate_routes(app.routes)
     return app

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import logs, tracing
 from .backends import Backend, Mapper
 from .metrics import ServiceMetrics
 
@@ -73,6 +74,7 @@ class RenderResult:
     batch_size: int
     model_s: float  # the batch's model time
     queue_s: float  # this image's wait before its batch started
+    batch_id: int = 0  # which of its backend's batches drew it (a request's log sums each once)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class _Job:
     enqueued: float
     deadline: float
     started: float = field(default=0.0)
+    trace: tracing.JobTrace | None = None  # the request span its batch's span links to
 
 
 class Batcher:
@@ -108,6 +111,8 @@ class Batcher:
         # After a batch: how many images to gather for the next one, and until when (loop time).
         self._expected = 1
         self._linger_until = 0.0
+        self._batches = 0
+        metrics.precreate_backend(backend.name)
 
     @property
     def depth(self) -> int:
@@ -145,14 +150,15 @@ class Batcher:
         is_disconnected: Callable[[], Awaitable[bool]] | None = None,
     ) -> list[RenderResult]:
         """Queue ``items`` and wait for their images (in order)."""
-        if len(items) > self.capacity:
-            raise QueueFull(self.backend.name, self._retry_after())
-        if len(self._pending) + len(items) > self.capacity:
-            self.metrics.rejected.labels(self.backend.name, "queue_full").inc()
+        if len(self._pending) + len(items) > self.capacity:  # or more than the queue ever holds
+            self._count_rejected("queue_full", len(items))
             raise QueueFull(self.backend.name, self._retry_after())
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        jobs = [_Job(item, loop.create_future(), now, now + timeout_s) for item in items]
+        now, wall_ns = loop.time(), tracing.now_ns()
+        trace = tracing.job_trace()
+        jobs = [
+            _Job(item, loop.create_future(), now, now + timeout_s, trace=trace) for item in items
+        ]
         self._pending.extend(jobs)
         self._set_depth()
         self._arrived.set()
@@ -164,13 +170,19 @@ class Batcher:
                     raise DeadlineExceeded(f"no result within {timeout_s:g} s")
                 done, _ = await asyncio.wait({gathered}, timeout=min(remaining, DISCONNECT_POLL_S))
                 if done:
-                    return gathered.result()
+                    results: list[RenderResult] = gathered.result()
+                    self._trace_wait(jobs, wall_ns, None)
+                    entry = logs.current()
+                    if entry is not None:
+                        entry.add_results(results)
+                    return results
                 if is_disconnected is not None and await is_disconnected():
                     raise ClientDisconnected()
         except BaseException as exc:
             reasons = {DeadlineExceeded: "deadline", ClientDisconnected: "disconnected"}
             if type(exc) in reasons:
-                self.metrics.rejected.labels(self.backend.name, reasons[type(exc)]).inc()
+                self._count_rejected(reasons[type(exc)], sum(not _rendered(j) for j in jobs))
+            self._trace_wait(jobs, wall_ns, type(exc).__name__)
             for job in jobs:
                 if not job.future.done():
                     job.future.cancel()
@@ -179,6 +191,25 @@ class Batcher:
             gathered.cancel()
             gathered.add_done_callback(_consume)
             raise
+
+    def _count_rejected(self, reason: str, images: int) -> None:
+        """One refused or abandoned call of ``images`` images that were not rendered."""
+        name = self.backend.name
+        self.metrics.rejected.labels(name, reason).inc(images)
+        self.metrics.rejected_requests.labels(name, reason).inc()
+
+    def _trace_wait(self, jobs: list[_Job], wall_ns: int, error: str | None) -> None:
+        """The ``queue wait`` span of one call: from queueing until the batch holding its last
+        image started (or until now, when it ended without all of them rendered)."""
+        if jobs[0].trace is None:
+            return
+        starts = [j.started for j in jobs if j.started]
+        if error is None and len(starts) == len(jobs):
+            end_ns = wall_ns + int((max(starts) - jobs[0].enqueued) * 1e9)
+        else:
+            end_ns = tracing.now_ns()
+        attributes = {"distill3d.backend": self.backend.name, "distill3d.images": len(jobs)}
+        tracing.closed_span("queue wait", wall_ns, end_ns, error, **attributes)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -236,24 +267,31 @@ class Batcher:
         for job in batch:
             self.metrics.queue_wait.labels(name).observe(job.started - job.enqueued)
         self.metrics.batch_size.labels(name).observe(len(batch))
+        self._batches += 1
+        batch_id = self._batches
+        attributes = {"distill3d.backend": name, "distill3d.batch_size": len(batch)}
         start = time.perf_counter()
-        try:
-            images = await loop.run_in_executor(
-                self._executor, self._render, [j.item for j in batch]
-            )
-        except Exception as exc:
-            log.warning("%s failed on a batch of %d: %s", name, len(batch), exc)
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(BackendFailed(f"{type(exc).__name__}: {exc}"))
-            return
+        with tracing.batch_span([j.trace for j in batch], **attributes) as span:
+            try:
+                images = await loop.run_in_executor(
+                    self._executor, self._render, [j.item for j in batch]
+                )
+            except Exception as exc:
+                log.warning("%s failed on a batch of %d: %s", name, len(batch), exc)
+                tracing.set_error(span, f"{type(exc).__name__}: {exc}")
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(BackendFailed(f"{type(exc).__name__}: {exc}"))
+                return
         seconds = time.perf_counter() - start
         self._last_batch_s = seconds
         self.metrics.model_time.labels(name).observe(seconds)
         for job, image in zip(batch, images, strict=True):
             if not job.future.done():
                 job.future.set_result(
-                    RenderResult(image, name, len(batch), seconds, job.started - job.enqueued)
+                    RenderResult(
+                        image, name, len(batch), seconds, job.started - job.enqueued, batch_id
+                    )
                 )
 
     def _render(self, items: list[RenderItem]) -> np.ndarray:
@@ -277,6 +315,12 @@ class Batcher:
                 w[i] = items[i].ws
         c = np.stack([item.c for item in items]).astype(np.float32)
         return self.backend.render(w, c)
+
+
+def _rendered(job: _Job) -> bool:
+    """Whether ``job``'s image was rendered (its future holds a result)."""
+    f = job.future
+    return f.done() and not f.cancelled() and f.exception() is None
 
 
 def _consume(future: asyncio.Future[object]) -> None:

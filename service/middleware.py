@@ -1,4 +1,5 @@
-"""ASGI middleware of the service: the API key check, body size limits, request metrics.
+"""ASGI middleware of the service: request ids, logs and spans, the API key check, body size
+limits, request metrics.
 
 They are plain ASGI callables (not ``BaseHTTPMiddleware``) so they see a request before FastAPI
 parses anything: an unauthenticated request is refused before its body is read, and a body over
@@ -7,6 +8,7 @@ its limit before it is buffered.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Collection
@@ -14,8 +16,12 @@ from collections.abc import Collection
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import logs
 from .errors import BodyTooLarge
-from .metrics import ServiceMetrics
+from .metrics import UNMEASURED_PATHS, ServiceMetrics
+from .tracing import Tracing
+
+log = logging.getLogger(__name__)
 
 # Open with an API key set: the probes (a kubelet or load balancer has no credentials), and the
 # viewer's page and static files (no model work, no data: the page asks for the key and sends it
@@ -160,14 +166,16 @@ async def _no_receive() -> Message:
 
 
 class RequestMetrics:
-    """Count and time every request by route template, method, status and rendering backend."""
+    """Count and time every request by route template, method, status and rendering backend;
+    not /metrics and the probes (``UNMEASURED_PATHS``: their steady beat would swamp the API's
+    rate and quantiles)."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in UNMEASURED_PATHS:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
@@ -186,6 +194,87 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
-            labels = (endpoint, scope["method"], status, backend)
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.metrics.observe_request(endpoint, scope["method"], int(status), backend, seconds)
+
+
+class RequestContext:
+    """The outermost middleware: each request's id, its access-log line and its trace span.
+
+    The id is the client's ``X-Request-ID`` when valid (``logs.request_id``), else a new one;
+    it is bound for the request's log lines and sent back on every response, the API key
+    guard's 401s and the error answers included. An exception nothing else handled is logged
+    here, with the id, and answered 500 with the id (Starlette's own handler sits outside every
+    middleware, so its 500 would carry neither).
+    """
+
+    def __init__(self, app: ASGIApp, tracing: Tracing | None = None) -> None:
+        self.app = app
+        self.tracing = tracing or Tracing()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        entry = logs.RequestLog(
+            logs.request_id(headers.get(logs.REQUEST_ID_HEADER)),
+            scope.get("method", ""),
+            scope.get("path", ""),
+        )
+        token = logs.bind(entry)
+        start = time.perf_counter()
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                entry.status = int(message["status"])
+                sent = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                backend = dict(sent).get(b"x-backend")
+                entry.backend = None if backend is None else backend.decode("latin-1")
+                message = {
+                    **message,
+                    "headers": [*sent, (b"x-request-id", entry.request_id.encode())],
+                }
+            elif message["type"] == "http.response.body":
+                entry.bytes += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            with self.tracing.request_span(scope) as span:
+                try:
+                    await self.app(scope, receive, send_with_id)
+                except Exception:
+                    log.exception("unhandled error in %s %s", entry.method, entry.path)
+                    if started:
+                        raise  # the response is cut short; the server closes the connection
+                    body = {"detail": "internal server error", "request_id": entry.request_id}
+                    await JSONResponse(body, 500)(scope, _no_receive, send_with_id)
+                finally:
+                    entry.route = getattr(scope.get("route"), "path", "unmatched")
+                    _end_span(span, entry)
+        finally:
+            entry.duration_ms = (time.perf_counter() - start) * 1000
+            logs.log_request(entry, quiet=entry.path in UNMEASURED_PATHS)
+            logs.unbind(token)
+
+
+def _end_span(span: object, entry: logs.RequestLog) -> None:
+    """The request span's name and attributes, once the route and status are known."""
+    if span is None:
+        return
+    span.update_name(f"{entry.method} {entry.route}")  # type: ignore[attr-defined]
+    attributes = {
+        "http.route": entry.route,
+        "http.response.status_code": entry.status,
+        "distill3d.request_id": entry.request_id,
+        "distill3d.backend": entry.backend or "",
+        "distill3d.images": entry.images,
+    }
+    span.set_attributes(attributes)  # type: ignore[attr-defined]
+    if entry.status >= 500:
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, f"HTTP {entry.status}"))  # type: ignore[attr-defined]

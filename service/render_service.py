@@ -23,6 +23,7 @@ from ..models.camera import Camera
 from ..models.editing import interpolate, style_mix
 from ..models.latents import z_from_seed
 from ..models.orbit import OrbitPath, orbit_angles
+from . import logs, tracing
 from .engine import BackendFailed, Batcher, RenderItem, RenderResult
 from .errors import Busy, RequestError
 from .metrics import ServiceMetrics
@@ -327,8 +328,14 @@ class RenderService:
             return results, f"student_error: {exc}"
 
     async def encode(self, fn: Callable[[], bytes], fmt: str) -> bytes:
-        """Run an encoder in the encoding pool (off the event loop), timed by format."""
+        """Run an encoder in the encoding pool (off the event loop), timed by format (in the
+        metrics, the request's log line and an ``encode`` span)."""
         start = time.perf_counter()
-        data = await asyncio.get_running_loop().run_in_executor(self.encoder, fn)
-        self.metrics.encode_time.labels(fmt).observe(time.perf_counter() - start)
+        with tracing.span("encode", **{"distill3d.format": fmt}):
+            data = await asyncio.get_running_loop().run_in_executor(self.encoder, fn)
+        seconds = time.perf_counter() - start
+        self.metrics.encode_time.labels(fmt).observe(seconds)
+        entry = logs.current()
+        if entry is not None:
+            entry.add_encode(seconds)
         return data

@@ -11,7 +11,9 @@ past its grace period, which answers 500 with a CancelledError traceback. This m
 * a drain on SIGTERM: /readyz says 503 at once, new work is 503 with Retry-After, requests in
   flight get ``drain_timeout_s`` to finish and are answered 503 after that, then the process
   exits 0 (``DrainingServer``),
-* rate-limited logging of accept() errors (``AcceptErrorFilter``).
+* rate-limited logging of accept() errors (``AcceptErrorFilter``),
+* the service's log format (``logs.logging_config``: JSON lines or text, one line per request
+  from the app, uvicorn's own access log off since that line replaces it).
 
 ``run(settings)`` is what ``distill3d serve`` calls.
 """
@@ -34,6 +36,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .logs import logging_config
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -402,6 +405,8 @@ def build_server(settings: ServiceSettings, log_level: str = "info") -> Draining
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        log_config=logging_config(settings.log_format, log_level),
+        access_log=False,  # the app logs each request itself, with its id and timings
         http=protocol,
         backlog=settings.backlog,
         timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]

@@ -88,6 +88,16 @@ class ServiceSettings(BaseSettings):
         10.0, gt=0, description="accept() errors (out of descriptors) logged once per interval"
     )
 
+    # Logs and traces (service/logs.py, service/tracing.py).
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line (one per request); text: for people"
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP traces endpoint (http://collector:4318/v1/traces); needs the otel "
+        "extra. Unset: no tracing",
+    )
+
     # Access.
     api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer <key>'")
     host: str = "127.0.0.1"

@@ -113,36 +113,57 @@ def test_prometheus_scrapes_the_compose_services() -> None:
 
 
 def test_grafana_dashboard_queries_metrics_the_service_exports() -> None:
-    from distill3d.service.metrics import ServiceMetrics
+    from distill3d.service.app import create_app
+    from distill3d.service.settings import ServiceSettings
 
-    metrics = ServiceMetrics()
-    for name in ("torch", "volumetric"):  # give labelled families a sample each
-        metrics.batch_size.labels(name).observe(2)
-    families = {m.name for m in metrics.registry.collect()}
-    # Names as PromQL sees them: counters get _total, histograms _bucket/_sum/_count.
-    exported = set()
-    for family in metrics.registry.collect():
-        exported.update(sample.name for sample in family.samples)
-    exported |= families | {
-        "distill3d_torch_cuda_memory_bytes",
-        "distill3d_gpu_memory_bytes",  # GPU only
+    metrics = create_app(ServiceSettings(device="cpu")).state.metrics  # routes known, no models
+    metrics.precreate_backend("torch")  # what every Batcher does at start
+    # Names as PromQL sees them (counters _total, histograms _bucket/_sum/_count), as the
+    # service exposes them at start, before any request; GPU and render-cache families are
+    # added by collectors that need a GPU or a cache.
+    text = metrics.exposition().decode()
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+    exported |= {
+        # By exact status and backend: a series per answer seen (the status classes of
+        # distill3d_http_responses_total are the ones that exist from the start).
         "distill3d_http_requests_total",
         "distill3d_http_request_duration_seconds_bucket",
-        "distill3d_queue_wait_seconds_bucket",
-        "distill3d_model_seconds_bucket",
-        "distill3d_fallbacks_total",
-        "distill3d_rejected_total",
+        "distill3d_torch_cuda_memory_bytes",  # GPU only
+        "distill3d_gpu_memory_bytes",  # GPU with nvidia-ml-py
+        "distill3d_render_cache_events_total",  # service/cache.py, tracked by the app
+        "distill3d_render_cache_bytes",
+        "distill3d_render_cache_max_bytes",
     }
     datasource = yaml.safe_load(
         (ROOT / "docker/grafana/provisioning/datasources/prometheus.yml").read_text()
     )["datasources"][0]
     dashboard = json.loads((ROOT / "docker/grafana/dashboards/distill3d.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["current"]["value"] == datasource["uid"]
+    assert variables["instance"]["includeAll"] and "instance" in variables["instance"]["definition"]
     assert dashboard["panels"]
+    used_anywhere: set[str] = set()
     for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] == datasource["uid"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         for target in panel["targets"]:
-            used = set(re.findall(r"distill3d_[a-z_]+", target["expr"]))
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert 'instance=~"$instance"' in target["expr"], (panel["title"], target["expr"])
+            used = set(re.findall(r"\b(?:distill3d|process)_[a-z_]+", target["expr"]))
             assert used and used <= exported, (panel["title"], used - exported)
+            used_anywhere |= used
+    # The panels the issue asked for: encode time, inversions, cache hits, batch fill, fallbacks.
+    for name in (
+        "distill3d_encode_seconds_bucket",
+        "distill3d_inversions_total",
+        "distill3d_render_cache_events_total",
+        "distill3d_batch_size_sum",
+        "distill3d_fallbacks_total",
+        "distill3d_rejected_total",
+        "process_resident_memory_bytes",
+    ):
+        assert name in used_anywhere, name
+    assert "distill3d_process_resident_memory_bytes" not in used_anywhere  # deprecated copy
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
