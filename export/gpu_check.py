@@ -282,6 +282,8 @@ def check_teacher(c: Checker, teacher: Any) -> bench.Runner | None:
         out = _measured(runner, plan, (1,))
         image = _render(runner, 1)
         out["parity_vs_cpu"] = parity(image if reference is None else reference, image)
+        if reference is not None:  # why a few dB are lost even when both paths are right
+            out["note"] = "the stratified depth jitter is drawn by each device's own generator"
         return out
 
     c.run(f"teacher {plan.preset}", body, needs_s=10)
