@@ -20,7 +20,7 @@ from .errors import install_error_handlers
 from .metrics import ServiceMetrics
 from .middleware import ApiKeyGuard, BodyLimit, RequestContext, RequestMetrics
 from .render_service import RenderService
-from .routers import graphs, health, inference_v2, invert, models, orbit, render, viewer
+from .routers import graphs, health, inference_v2, invert, mesh, models, orbit, render, viewer
 from .settings import ServiceSettings
 from .tracing import Tracing
 
@@ -61,7 +61,7 @@ def create_app(settings: ServiceSettings | None = None, tracer_provider: Any = N
     app.add_middleware(graphs.CrossOriginIsolation)  # COOP/COEP on / and /static (WASM threads)
     app.add_middleware(RequestContext, tracing=tracing)  # outermost: every answer gets its id
     install_error_handlers(app)
-    for module in (render, orbit, invert, viewer, health, models, graphs, inference_v2):
+    for module in (render, orbit, mesh, invert, viewer, health, models, graphs, inference_v2):
         app.include_router(module.router)
     viewer.mount_static(app)
     metrics.precreate_routes(app.routes)

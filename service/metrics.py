@@ -29,6 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .cache import EVENTS, RenderCache  # the render cache's counters and collector (below)
 from .schemas import ImageFormat, VideoFormatName
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -262,3 +263,37 @@ class ServiceMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(_WithoutCreated(self.registry))  # type: ignore[arg-type]
+
+    # -- render cache (service/cache.py) ------------------------------------------------------
+
+    def track_render_cache(self, cache: RenderCache) -> None:
+        """Count ``cache``'s events (its ``on_event`` calls ``render_cache_events``) and read
+        its size at scrape time. Every event label exists from the start, at 0, so a rate()
+        over a hit ratio has both series before the first request."""
+        self.render_cache_events = Counter(
+            "distill3d_render_cache_events",
+            "Render cache look-ups and stores: hit, miss, store, evicted, too_large",
+            ["event"],
+            registry=self.registry,
+        )
+        for event in EVENTS:
+            self.render_cache_events.labels(event)
+        self.registry.register(_RenderCacheCollector(cache))
+
+
+class _RenderCacheCollector(Collector):
+    """The render cache's bytes, entries and budget, read when Prometheus scrapes."""
+
+    def __init__(self, cache: RenderCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = self.cache.stats()
+        for name, doc, value in (
+            ("bytes", "Bytes the render cache holds (bodies, headers, overhead)", stats.bytes),
+            ("entries", "Responses the render cache holds", stats.entries),
+            ("max_bytes", "The render cache's budget (0 = off)", stats.max_bytes),
+        ):
+            family = GaugeMetricFamily(f"distill3d_render_cache_{name}", doc)
+            family.add_metric([], float(value))
+            yield family

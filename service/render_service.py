@@ -23,12 +23,14 @@ from ..models.camera import Camera
 from ..models.editing import interpolate, style_mix
 from ..models.latents import z_from_seed
 from ..models.orbit import OrbitPath, orbit_angles
+from ..models.rng import generator_for
 from . import logs, tracing
+from .cache import RenderCache
 from .engine import BackendFailed, Batcher, RenderItem, RenderResult
 from .errors import Busy, RequestError
 from .metrics import ServiceMetrics
 from .models import LoadedModels, ModelInfo, load_models
-from .schemas import LatentFields, OrbitRequest
+from .schemas import LatentFields, OrbitRequest, RenderRequest
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,14 @@ class RenderService:
         self.ready = False
         self.encoder = ThreadPoolExecutor(2, thread_name_prefix="encode")
         self.inversions = Slots(settings.invert_concurrency)
+        self.meshes = Slots(settings.mesh_concurrency)
+        # Encoded responses by everything that decides their bytes (service/cache.py); the
+        # routes decide what is cacheable, this object only holds the bytes within the budget.
+        self.cache = RenderCache(
+            settings.render_cache_bytes,
+            on_event=lambda event, n: metrics.render_cache_events.labels(event).inc(n),
+        )
+        metrics.track_render_cache(self.cache)
 
     async def start(self) -> None:
         """Load the models off the event loop, warm them up, start one worker per backend."""
@@ -339,3 +349,94 @@ class RenderService:
         if entry is not None:
             entry.add_encode(seconds)
         return data
+
+    # -- the teacher's geometry (depth, mesh) and the cache's model identity -------------------
+
+    def model_id(self, role: str) -> str:
+        """``role:backend:weights sha256``: what a cache key needs to tell two models apart."""
+        info = self.infos[role]
+        return f"{role}:{info.backend}:{info.sha256}"
+
+    def mapping_id(self) -> str:
+        """Whose z -> w mapping (and frontal camera) every backend uses: the teacher's when it
+        is loaded, else the student's (``service/models.py``). A seed's image depends on it
+        even when the student draws, so a cache key names it too."""
+        role = "volumetric" if "volumetric" in self.infos else "student"
+        return self.model_id(role)
+
+    def camera(self, req: RenderRequest) -> Camera:
+        """The request's camera: its raw label, or yaw/pitch on the model's orbit."""
+        assert self.models is not None
+        if req.camera is not None:
+            return Camera.from_label(req.camera)
+        return self.models.camera.orbit(req.yaw, req.pitch, req.radius, req.fov_deg)
+
+    def teacher(self, requested: str) -> str | None:
+        """Check the teacher can serve geometry; the note to send when the student was asked for.
+
+        Depth and meshes come from the density field only the volumetric teacher holds, so a
+        request naming the student is answered by the teacher and told so, not refused: the
+        identity (the latent) is the same in both, since z -> w is the teacher's mapping.
+        """
+        assert self.models is not None
+        if "volumetric" not in self.batchers or self.models.teacher_model is None:
+            raise RequestError(
+                "backend",
+                "depth maps and meshes need the volumetric teacher's PyTorch checkpoint loaded "
+                "(DISTILL3D_TEACHER); a student has no geometry",
+            )
+        if requested == "student":
+            return "the student has no geometry: the volumetric teacher answered"
+        return None
+
+    def final_ws(self, req: LatentFields) -> np.ndarray:
+        """The request's latent as final per-layer rows [num_ws, w_dim] (mapped, truncated,
+        interpolated, mixed): what the teacher's batcher would render, for the calls that go
+        around the batcher (depth, mesh)."""
+        assert self.models is not None and self.models.num_ws is not None
+        m = self.models
+        identity = self.latent(req)
+        if identity.ws is not None:
+            return np.asarray(identity.ws, np.float32)
+        w = identity.w
+        if identity.z is not None:
+            cond = self.conditioning(req)
+            camera = cond if cond is not None else m.camera.frontal()
+            w = m.mapper.map(np.asarray(identity.z, np.float32)[None], label(camera))[0]
+        assert w is not None
+        w = m.mapper.truncate(np.asarray(w, np.float32)[None], np.array([identity.psi], np.float32))
+        return np.repeat(w, m.num_ws, axis=0).astype(np.float32)
+
+    async def on_teacher_thread(self, fn: Callable[[], Any]) -> tuple[Any, float]:
+        """Run ``fn`` in the teacher batcher's own worker thread, queued with its batches.
+
+        Sharing that single thread means the teacher never runs two things at once: a mesh
+        or depth call cannot double the model's working memory (a GPU's, above all) or race a
+        batch for the CPU cores; the price is that teacher renders wait behind it, which is
+        why /mesh has its own concurrency slots and a bounded resolution. Returns the result
+        and the seconds it took, queueing included.
+        """
+        executor = self.batchers["volumetric"]._executor
+        start = time.perf_counter()
+        result = await asyncio.get_running_loop().run_in_executor(executor, fn)
+        return result, time.perf_counter() - start
+
+    def depth_map(self, ws: np.ndarray, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
+        """Runs in the teacher's thread: ray distances and opacity [H, W] of final rows ``ws``,
+        with the per-image generator the teacher's batcher uses (so the depth is that of the
+        image ``/render?backend=volumetric`` returns for the same request)."""
+        from ..models.depth import render_depth
+        from ..models.render import RenderOptions
+
+        assert self.models is not None and self.models.teacher_model is not None
+        backend = self.batchers["volumetric"].backend
+        device = backend.device  # type: ignore[attr-defined]
+        rng = [generator_for(backend.render_seed, device)]  # type: ignore[attr-defined]
+        depth, alpha = render_depth(
+            self.models.teacher_model,
+            torch.from_numpy(ws)[None],
+            camera,
+            RenderOptions(noise_mode="const"),
+            rng,
+        )
+        return depth.numpy(), alpha.numpy()

@@ -271,6 +271,7 @@ MeshFormat = Literal["glb", "ply", "obj"]
 # The API's mesh grid: models/mesh.py allows 512, but a 512^3 grid is ~1 GiB of work memory and
 # minutes on a CPU; a request's cost must stay small next to the service's other work.
 MIN_API_MESH_RESOLUTION, MAX_API_MESH_RESOLUTION = 16, 256
+DEFAULT_API_MESH_RESOLUTION = 128
 
 
 class DepthRequest(RenderRequest):
@@ -290,11 +291,13 @@ class MeshRequest(LatentFields):
     triangle mesh. A student has no geometry: the teacher extracts it whatever ``backend`` says
     (the answer's ``X-Backend-Note`` says so when the student was asked for)."""
 
-    resolution: int = Field(
-        128,
+    resolution: int | None = Field(
+        None,
         ge=MIN_API_MESH_RESOLUTION,
         le=MAX_API_MESH_RESOLUTION,
-        description="grid cells a side over the teacher's box; work and memory grow as its cube",
+        description="grid cells a side over the teacher's box, at most the service's "
+        "mesh_max_resolution (256 unless lowered); default 128 or that limit if lower. Work "
+        "and memory grow as its cube",
     )
     level: float = Field(
         10.0, ge=-1e4, le=1e4, description="raw sigma level of the surface (EG3D's 10)"

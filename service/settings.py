@@ -56,6 +56,26 @@ class ServiceSettings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     warmup: bool = True
 
+    # Render cache (service/cache.py) and the teacher's geometry routes (/mesh, /depth).
+    render_cache_bytes: int = Field(
+        64 << 20,
+        ge=0,
+        le=1 << 40,
+        description="bytes of encoded responses kept in memory for repeated requests; 0 = off",
+    )
+    render_cache_max_age_s: int = Field(
+        3600,
+        ge=0,
+        le=31_536_000,
+        description="Cache-Control max-age of cacheable GET responses (then revalidated by ETag)",
+    )
+    mesh_concurrency: int = Field(
+        1, ge=1, le=16, description="GET /mesh extractions at once; then 429"
+    )
+    mesh_max_resolution: int = Field(
+        256, ge=16, le=256, description="largest /mesh grid (cells a side); beyond it 422"
+    )
+
     # The HTTP server (service/server.py): limits for a port open to the public.
     max_connections: int = Field(
         1000,

@@ -1,4 +1,5 @@
-"""GET and POST /orbit: a turntable video of one identity."""
+"""GET and POST /orbit: a turntable video of one identity, cached like /render (its key holds
+every frame's camera, the fps and the format; see ``routers/render.py``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from fastapi.responses import Response
 
 from ...models.video import MEDIA_TYPES, encode_video
 from ..dependencies import OrbitQuery, ReadyService
-from ..render_service import RenderService
+from ..render_service import RenderService, label
 from ..schemas import OrbitRequest
+from .render import Produced, fallback_header, latent_key, response_key, serve_cached
 
 router = APIRouter(tags=["render"])
 
@@ -39,26 +41,40 @@ async def render_orbit(service: RenderService, req: OrbitRequest, request: Reque
     identity = service.latent(req)
     cond = service.conditioning(req)
     role, reason = service.choose(req.backend, cameras, identity.per_layer)
-    if reason:
-        service.metrics.fallbacks.labels(reason).inc()
-    items = [service.item(cam, cond, identity) for cam in cameras]
-    start = time.perf_counter()
-    frames, backends, failed = await _frames(service, items, role, request)
-    reason = failed or reason
-    render_s = time.perf_counter() - start
-    encode_start = time.perf_counter()
-    video = np.stack(frames)
-    data = await service.encode(lambda: encode_video(video, req.fps, req.format), req.format)
-    headers = {
-        "X-Backend": ",".join(sorted(backends)),
-        "X-Frames": str(len(frames)),
-        "X-Render-Time-Ms": f"{render_s * 1000:.1f}",
-        "X-Encode-Time-Ms": f"{(time.perf_counter() - encode_start) * 1000:.1f}",
-        "Content-Disposition": f'inline; filename="orbit.{req.format}"',
-    }
-    if reason:
-        headers["X-Fallback"] = reason.split(":")[0]
-    return Response(data, media_type=MEDIA_TYPES[req.format], headers=headers)
+    key = response_key(
+        service,
+        role,
+        "video",
+        latent=latent_key(req),
+        cameras=np.concatenate([label(cam) for cam in cameras]),
+        size=service.infos[role].img_resolution,
+        fps=req.fps,
+        format=req.format,
+    )
+
+    async def produce() -> Produced:
+        if reason:
+            service.metrics.fallbacks.labels(reason).inc()
+        items = [service.item(cam, cond, identity) for cam in cameras]
+        start = time.perf_counter()
+        frames, backends, failed = await _frames(service, items, role, request)
+        render_s = time.perf_counter() - start
+        encode_start = time.perf_counter()
+        video = np.stack(frames)
+        data = await service.encode(lambda: encode_video(video, req.fps, req.format), req.format)
+        stored = {
+            "X-Backend": ",".join(sorted(backends)),
+            "X-Frames": str(len(frames)),
+            "Content-Disposition": f'inline; filename="orbit.{req.format}"',
+        }
+        timings = {
+            "X-Render-Time-Ms": f"{render_s * 1000:.1f}",
+            "X-Encode-Time-Ms": f"{(time.perf_counter() - encode_start) * 1000:.1f}",
+            **fallback_header(failed),
+        }
+        return Produced(data, MEDIA_TYPES[req.format], stored, timings, failed is None)
+
+    return await serve_cached(service, request, key, produce, fallback_header(reason))
 
 
 @router.get("/orbit", response_class=Response)
