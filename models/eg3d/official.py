@@ -241,11 +241,6 @@ def _load_storage(blob: object) -> TypedStorage:
         )
     header = _LegacyStorageHeader.read(io.BytesIO(blob))
     data = memoryview(blob)[header.data_start :]
-    if len(data) != header.nbytes:
-        raise CheckpointError(
-            f"a tensor storage declares {header.numel} elements ({header.nbytes} bytes) but "
-            f"holds {len(data)} bytes of data: the file is damaged or crafted"
-        )
     if header.nbytes == 0:
         raw = torch.empty(0, dtype=torch.uint8)
     else:
@@ -324,10 +319,15 @@ class _LegacyStorageHeader:
             raise CheckpointError("tensor storage views (torch < 1.0 files) are refused")
         if _blob_pickle(file) != [key]:
             raise CheckpointError("a tensor storage's key list does not match its storage")
-        size = file.read(8)
-        if len(size) != 8 or int.from_bytes(size, "little", signed=True) != numel:
+        header = cls(storage_class.dtype, numel, file.tell() + 8)
+        present = len(file.getbuffer()) - header.data_start
+        if present != header.nbytes:
+            raise CheckpointError(
+                f"a tensor storage declares {numel} elements ({header.nbytes} bytes) but holds "
+                f"{max(present, 0)} bytes of data: the file is damaged or crafted"
+            )
+        if int.from_bytes(file.read(8), "little", signed=True) != numel:
             raise CheckpointError(f"a tensor storage declares {numel} elements twice, differently")
-        header = cls(storage_class.dtype, numel, file.tell())
         if header.nbytes > MAX_STORAGE_BYTES:
             raise CheckpointError(
                 f"a tensor storage declares {numel} elements ({header.nbytes} bytes), over the "

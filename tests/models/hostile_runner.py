@@ -2,7 +2,9 @@
 
 Started once by ``test_hostile_files.py``: importing torch costs seconds, forking a child that
 already has it costs milliseconds, so every case gets a fresh process without paying the import
-again. No torch operation runs in this parent, so no thread pool is copied into a child.
+again. No torch operation runs in this parent, so no thread pool is copied into a child; what the
+loaders import lazily on first use (torch._dynamo, pulled in by building a model on the "meta"
+device) is imported here once, so the children do not each pay for it.
 
 Protocol: one JSON request per stdin line ``{"loader", "path", "headroom", "seconds"}``; one JSON
 answer per stdout line: ``outcome`` is "accepted", "raised" (with ``type``, ``message``,
@@ -20,6 +22,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+import torch._dynamo  # noqa: F401  (the first meta-device build imports it: seconds, once)
 
 from distill3d.models.checkpoint import load_checkpoint
 from distill3d.models.eg3d.convert import generator_from_official

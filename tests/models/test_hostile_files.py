@@ -125,12 +125,18 @@ def with_payload(snapshot: dict[str, Any], payload: bytes) -> bytes:
 
 
 def doubling_tuple_ops(depth: int, slot: int = 50000) -> bytes:
-    """Opcodes pushing the ``doubling`` tuple, each level memoized and fetched twice."""
-    ops = b"K\x00r" + struct.pack("<I", slot)
+    """Opcodes pushing the ``doubling`` tuple, each level memoized (and popped) then fetched twice."""
+
+    def put(index: int) -> bytes:
+        return b"r" + struct.pack("<I", index) + b"0"  # LONG_BINPUT, POP
+
+    def get(index: int) -> bytes:
+        return b"j" + struct.pack("<I", index)  # LONG_BINGET
+
+    ops = b"K\x00" + put(slot)
     for level in range(depth):
-        get = b"j" + struct.pack("<I", slot + level)
-        ops += get + get + b"\x86r" + struct.pack("<I", slot + level + 1)
-    return ops
+        ops += get(slot + level) * 2 + b"\x86" + put(slot + level + 1)  # TUPLE2
+    return ops + get(slot + depth)
 
 
 def zip_bomb_blob(uncompressed: int) -> bytes:
@@ -248,6 +254,14 @@ PICKLES: dict[str, tuple[Callable[[Path], None], str]] = {
         ),
         r"_init_kwargs.*(shared|more than)",
     ),
+    "memo tuple 24 deep in init kwargs (16 M nodes)": (
+        lambda p: p.write_bytes(
+            official_pickle_bytes(
+                {"G_ema": persistent({"_init_kwargs": {"z_dim": doubling(24, lambda v: (v, v))}})}
+            )
+        ),
+        r"_init_kwargs expands to more than 100000 values",
+    ),
     "memo list 64 deep in an attribute": (
         lambda p: p.write_bytes(
             official_pickle_bytes(
@@ -312,7 +326,7 @@ PICKLES: dict[str, tuple[Callable[[Path], None], str]] = {
                 {"G_ema": persistent({}, w=storage_tensor(over_declared_blob(400_000_000)))}
             )
         ),
-        r"declares 400000000 elements",
+        r"declares 400000000 elements \(1600000000 bytes\) but holds 4 bytes",
     ),
     "z_dim 1e9 in init kwargs": (
         lambda p: write_official_pickle(p, convertible_with(kw_z_dim=10**9)),
