@@ -304,6 +304,36 @@ async function playOrbit() {
   }
 }
 
+// The teacher's surface as a .glb (POST /mesh takes the identity fields /render takes; a student
+// has no geometry, so the service extracts the mesh from its teacher).
+async function downloadMesh() {
+  const button = $("mesh-button");
+  button.disabled = true;
+  $("orbit-stats").textContent = "extracting the mesh…";
+  try {
+    const { response, elapsed } = await api("/mesh", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ ...identityFields(), format: "glb" }),
+    });
+    const url = URL.createObjectURL(await response.blob());
+    const link = document.createElement("a");
+    const disposition = response.headers.get("content-disposition") || "";
+    link.href = url;
+    link.download = (disposition.match(/filename="([^"]+)"/) || [null, "distill3d.glb"])[1];
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    $("orbit-stats").textContent =
+      `mesh: ${response.headers.get("x-vertices")} vertices · ${elapsed.toFixed(0)} ms`;
+    showError(null);
+  } catch (error) {
+    $("orbit-stats").textContent = "";
+    showError(error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
 async function fitPhoto() {
   const file = $("photo").files[0];
   if (!file) return;
@@ -381,6 +411,7 @@ function wire() {
   });
   $("fit-button").addEventListener("click", fitPhoto);
   $("orbit-button").addEventListener("click", playOrbit);
+  $("mesh-button").addEventListener("click", downloadMesh);
   $("local-enable").checked = params.get("local") !== "off";
   $("local-enable").addEventListener("change", () => {
     if ($("local-enable").checked) startLocal();
