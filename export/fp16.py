@@ -1,7 +1,7 @@
 """FP16 graphs with FP32 inputs and outputs (what TensorRT 11's strongly typed builds need).
 
-TensorRT 11 removed the FP16 builder flag: precision comes from the graph itself (SERVING.md
-§1.1). We cast the verified FP32 graph with onnxconverter-common (``keep_io_types``, so callers
+TensorRT 11 removed the FP16 builder flag: precision comes from the graph itself (docs/serving.md
+§2.1). We cast the verified FP32 graph with onnxconverter-common (``keep_io_types``, so callers
 still pass and receive FP32) and check it against the FP32 graph by the PSNR of the images.
 """
 

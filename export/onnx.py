@@ -1,6 +1,6 @@
 """ONNX export of the student (w, c) -> image and of the teacher's z -> w mapping, verified.
 
-Choices (SERVING.md §0.2, §1.5):
+Choices (docs/serving.md §1):
 - torch's dynamo exporter at opset 18 (the lowest it builds; later opsets respell GridSample,
   which TensorRT misreads), with a dynamic batch axis on every input and output;
 - the non-fused modulated convolution (a grouped conv would bake the batch into ``group``),

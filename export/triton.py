@@ -1,6 +1,6 @@
 """A Triton Inference Server model repository for an exported student.
 
-For users who outgrow one service instance (SERVING.md §2). The repository holds three models:
+For users who outgrow one service instance (docs/serving.md §3). The repository holds three models:
 
 - ``<name>``: the student, ``w`` [w_dim] and ``c`` [25] -> ``image`` [3, R, R] (and
   ``image_raw``), from the ONNX graph (ONNX Runtime backend) or a TensorRT plan;

@@ -1,6 +1,6 @@
 """The distilled student: a pose-conditioned convolutional generator (Shahbazi et al., 2023).
 
-Data path (METHOD.md, "Architecture"):
+Data path (docs/method.md, "Architecture"):
 
     w  = teacher mapping(z, frontal c)          # [N, w_dim], a copy of the teacher's, frozen
     w' = student mapping(w, c)                  # [N, num_ws, w_dim], c = the target camera

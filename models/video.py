@@ -2,7 +2,7 @@
 
 MP4 is H.264 High in yuv420p with the index at the front (``+faststart``), which browsers play
 progressively; faststart needs a second pass over a real file, so MP4 goes through a temporary
-file (SERVING.md §0.3). Encoding is CPU work: the service runs it in a thread pool.
+file (docs/serving.md §4). Encoding is CPU work: the service runs it in a thread pool.
 """
 
 from __future__ import annotations

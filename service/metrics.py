@@ -6,7 +6,7 @@ role x outcome) is created at start, at 0: Prometheus only sees a counter's firs
 step if the series existed before it, otherwise ``rate()`` of the first rejection or fallback is
 empty. The exposition leaves out ``_created`` series (see ``_WithoutCreated``). The standard
 process, platform and GC collectors are registered on this registry; GPU memory is read at scrape
-time. Run one worker per GPU: the registry is per process (SERVING.md §3).
+time. Run one worker per GPU: the registry is per process (docs/serving.md §5).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class CameraDistribution:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms (METHOD.md, "Training")."""
+    """Weights of the loss terms (docs/method.md, "Training")."""
 
     lr_feature: float = 1.0  # L1 between teacher and student low-resolution feature images
     lr_rgb: float = 1.0  # L1 between their low-resolution RGB (the feature image's first 3)

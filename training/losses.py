@@ -1,4 +1,4 @@
-"""Distillation losses (METHOD.md, "Training"): low- and high-resolution reconstruction.
+"""Distillation losses (docs/method.md, "Training"): low- and high-resolution reconstruction.
 
 The adversarial terms (non-saturating logistic loss, R1) live with the discriminator in
 ``discriminator.py``.

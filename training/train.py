@@ -1,4 +1,4 @@
-"""The distillation loop, top to bottom (METHOD.md, "Training").
+"""The distillation loop, top to bottom (docs/method.md, "Training").
 
 Stage 1: the student learns to reproduce the frozen teacher's low-resolution feature image and
 final image (L1 + LPIPS). Stage 2 adds a camera-conditioned dual discriminator whose "real" batch

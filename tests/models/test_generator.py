@@ -122,7 +122,7 @@ def test_bad_inputs_are_named(tiny_generator) -> None:
     [("ffhq512", 30_662_136, 177), ("afhq512", 29_587_512, 178), ("shapenet128", 31_163_448, 190)],
 )
 def test_official_architectures_match_upstream_counts(name, params, entries) -> None:
-    """Parameter and state-dict counts of upstream's generators (EG3D.md, checked upstream)."""
+    """Parameter and state-dict counts of upstream's generators."""
     with torch.device("meta"):
         from distill3d.models.eg3d.generator import TriPlaneGenerator
 
