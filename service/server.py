@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 # Routes that start rendering or fitting: refused while draining so the work already running
 # can finish within the drain timeout.
-WORK_PATHS = frozenset({"/render", "/orbit", "/invert"})
-READY_PATH = "/readyz"
+WORK_PATHS = frozenset({"/render", "/orbit", "/invert", "/mesh", "/depth"})
+READY_PATHS = frozenset({"/readyz", "/v2/health/ready"})  # ours and the Open Inference Protocol's
 DRAIN_RETRY_AFTER_S = 5
 # Descriptors kept free for the models, the log, the listening socket and the like when the
 # connection cap is derived from the process's descriptor limit.
@@ -256,10 +256,10 @@ class ServerGuard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if self.draining and path == READY_PATH:
+        if self.draining and path in READY_PATHS:
             await self._send_all(send, _json_response(503, {"status": "draining"}))
             return
-        if self.draining and path in WORK_PATHS:
+        if self.draining and _is_work(path):
             retry = [(b"retry-after", str(DRAIN_RETRY_AFTER_S).encode())]
             body = {"detail": "the service is shutting down; retry (another instance)"}
             await self._send_all(send, _json_response(503, body, retry))
@@ -421,3 +421,8 @@ def run(settings: ServiceSettings, log_level: str = "info") -> None:
     """Serve until SIGTERM/SIGINT, drain, and return (one worker: it owns the models and the
     batching queue; several processes would split the queue)."""
     build_server(settings, log_level).run()
+
+
+def _is_work(path: str) -> bool:
+    """Whether a request to ``path`` runs a model (refused once the drain has begun)."""
+    return path in WORK_PATHS or (path.startswith("/v2/models/") and path.endswith("/infer"))
