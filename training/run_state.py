@@ -189,6 +189,21 @@ def save_run(
     )
 
 
+def sync_student_checkpoint(
+    run_dir: Path, step: int, config: TrainConfig, ema: Student, teacher_sha256: str
+) -> None:
+    """Rewrite ``student/`` from the resumed EMA when it is not the checkpoint of ``step`` (a kill
+    between writing ``train_state/`` and ``student/`` leaves the previous one, or none)."""
+    folder = run_dir / STUDENT_DIR
+    try:
+        saved_step = read_checkpoint_info(folder).metadata.get("step")
+    except CheckpointError:
+        saved_step = None
+    if saved_step != step:
+        metadata = student_metadata(config, step, teacher_sha256)
+        save_checkpoint_folder(ema, folder, metadata=metadata)
+
+
 def student_metadata(config: TrainConfig, step: int, teacher_sha256: str) -> dict[str, Any]:
     """What ``student/config.json`` records about where the student came from."""
     return {

@@ -64,6 +64,7 @@ from .run_state import (
     recover_run_dir,
     save_run,
     state_step,
+    sync_student_checkpoint,
     write_run_config,
 )
 
@@ -242,6 +243,7 @@ class TrainResult:
     heldout_psnr_start: float  # EMA student vs teacher on held-out latents/poses, dB
     heldout_psnr_end: float
     is_main: bool = True  # rank 0 (the process that wrote the run directory)
+    start_step: int = 0  # where this call began: the resumed checkpoint's step, or 0
 
 
 @dataclass
@@ -382,7 +384,7 @@ def train(
     psnr_end = evaluate(models.ema, heldout)
     if group.world_size > 1:
         dist.destroy_process_group()
-    return TrainResult(run_dir, final_step, psnr_start, psnr_end, group.is_main)
+    return TrainResult(run_dir, final_step, psnr_start, psnr_end, group.is_main, start_step)
 
 
 def build_models(config: TrainConfig, device: torch.device) -> Models:
@@ -451,6 +453,8 @@ def resume_or_start(
     start_step = 0
     if resume and state_step(run_dir / STATE_DIR) is not None:
         start_step = load_state_folder(run_dir, models.state_modules(), models.optimizers)
+        if group.is_main:
+            sync_student_checkpoint(run_dir, start_step, config, models.ema, models.teacher_sha256)
     elif resume:
         log.warning("%s: killed before its first checkpoint; starting again from step 0", run_dir)
     elif group.is_main:

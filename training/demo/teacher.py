@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...models.camera import Camera
+from ...models.checkpoint import read_checkpoint_info
 from ...models.eg3d.generator import TriPlaneGenerator
-from ...models.errors import ConfigError
+from ...models.errors import CheckpointError, ConfigError
 from ...models.images import batch_to_uint8, save_image
 from ...models.load import init_generator
 from ...models.metrics import psnr
@@ -270,6 +271,8 @@ def train_demo_teacher(
         config.resumable_from(json.loads(config_path.read_text()))
         modules: dict[str, nn.Module | None] = {"teacher": teacher, "ema": ema}
         start = load_state_folder(out, modules, {"teacher": optimizer})
+        if _checkpoint_step(out / TEACHER_DIR) != start:  # killed between state and checkpoint
+            _save_teacher_checkpoint(out, ema, start, config)
     elif any(out.iterdir()):
         raise ConfigError(f"{out} is not empty and holds no demo-teacher run; use a new --out")
     config_path.write_text(json.dumps(asdict(config), indent=2) + "\n")
@@ -353,6 +356,13 @@ def _save(
     save_state_folder(
         out, {"teacher": teacher, "ema": ema}, {"teacher": optimizer.state_dict()}, step
     )
+    _save_teacher_checkpoint(out, ema, step, config)
+
+
+def _save_teacher_checkpoint(
+    out: Path, ema: TriPlaneGenerator, step: int, config: DemoTeacherConfig
+) -> None:
+    """``teacher/``: the EMA with its truncation centre set, in distill3d's checkpoint format."""
     shipped = copy.deepcopy(ema).cpu()
     set_w_avg(shipped)
     metadata = {
@@ -360,3 +370,11 @@ def _save(
         "pose_range": {"yaw_deg": config.yaw_deg, "pitch_deg": config.pitch_deg},
     }
     save_checkpoint_folder(shipped, out / TEACHER_DIR, metadata=metadata)
+
+
+def _checkpoint_step(folder: Path) -> int | None:
+    """The training step ``teacher/`` was saved at (None: no readable checkpoint there)."""
+    try:
+        return read_checkpoint_info(folder).metadata.get("demo_world", {}).get("trained_steps")
+    except CheckpointError:
+        return None
