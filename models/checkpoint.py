@@ -1,8 +1,10 @@
 """distill3d's checkpoint format: a folder with ``config.json`` and ``model.safetensors``.
 
 - ``config.json``: ``format_version``, ``class`` (which model family), ``config`` (the model's
-  dataclass as JSON), ``weights_sha256`` (hash of model.safetensors, checked on load) and free
-  ``metadata`` (where the weights came from, e.g. the official pickle's name and hash).
+  dataclass as JSON), ``weights_sha256`` (hash of model.safetensors, checked on load),
+  ``config_sha256`` (hash of the class, config and weights hash, checked on load; absent in
+  checkpoints written before it, which load on their weights hash alone) and free ``metadata``
+  (where the weights came from, e.g. the official pickle's name and hash).
 - ``model.safetensors``: the state dict. Safetensors holds tensors only, so loading never runs code.
 
 Writes are atomic: the folder is assembled under a temporary name and renamed into place, so a
