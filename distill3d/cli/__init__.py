@@ -33,6 +33,7 @@ _COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     serve.add_serve,
     serve.add_loadtest,
     bench.add_bench,
+    bench.add_gpu_check,
     evaluation.add_eval,
     demo.add_demo,
 )

@@ -140,3 +140,25 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.plot:
         bench.plot_report(report, args.plot)
         print(f"wrote {args.plot}")
+
+
+def add_gpu_check(sub: SubParsers) -> None:
+    from .. import gpu_check
+
+    p = sub.add_parser(
+        "gpu-check",
+        help="run every GPU path (or, with --cpu-only, what runs without CUDA) into one report",
+        description="Student eager fp32/fp16/bf16, CUDA graphs, torch.compile, ONNX Runtime CUDA, "
+        "the teacher, the FFHQ-512 bench at batch 1/8/32 with memory, the service on CUDA under "
+        "a one-minute load, and each path's parity with the CPU; writes gpu-check.json and .md.",
+    )
+    gpu_check.add_arguments(p)
+    p.set_defaults(func=cmd_gpu_check)
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> None:
+    from .. import gpu_check
+
+    code = gpu_check.run(args.out, args.device, args.cpu_only)
+    if code:
+        raise SystemExit(code)

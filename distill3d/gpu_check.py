@@ -8,8 +8,8 @@ inputs. On a machine without CUDA (CI) ``--cpu-only`` runs the same items at toy
 records every CUDA-only item as skipped with its reason, so the report format and the code
 paths stay tested.
 
-    python -m distill3d.export.gpu_check --out docs/gpu-check            # on the GPU machine
-    python -m distill3d.export.gpu_check --cpu-only --out gpu-check-cpu  # anywhere, < 60 s
+    python -m distill3d.gpu_check --out docs/gpu-check            # on the GPU machine
+    python -m distill3d.gpu_check --cpu-only --out gpu-check-cpu  # anywhere, < 60 s
 
 Measurements reuse ``export/bench.py`` (runners and ``measure``); nothing is timed twice.
 """
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import bench
+from .export import bench
 
 MEASURED, SKIPPED, FAILED = "measured", "skipped", "failed"
 REPORT_JSON, REPORT_MD = "gpu-check.json", "gpu-check.md"
@@ -127,7 +127,7 @@ class Checker:
 
 def parity(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float | str]:
     """PSNR (images in [-1, 1] on the [0, 1] scale) and largest absolute difference."""
-    from ..models.metrics import psnr
+    from .models.metrics import psnr
 
     a = reference.detach().float().cpu().clamp(-1, 1)
     b = other.detach().float().cpu().clamp(-1, 1)
@@ -174,7 +174,7 @@ def _render(runner: bench.Runner, batch: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _export_folder(student: Any) -> Iterator[Path]:
-    from .onnx import export_onnx
+    from .export.onnx import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         folder = Path(tmp) / "export"
@@ -332,7 +332,7 @@ def check_service(c: Checker) -> None:
     def body() -> dict[str, Any]:
         import httpx
 
-        from ..service import loadtest
+        from .service import loadtest
 
         args = ["--student", "default-student", "--device", plan.device]
         levels = []
@@ -383,8 +383,8 @@ def _environment(plan: CheckPlan) -> Report:
 
 def run_checks(plan: CheckPlan) -> Report:
     """Every item in order; never raises for one failing path."""
-    from ..models.load import init_generator
-    from ..models.student import student_from_teacher, student_preset
+    from .models.load import init_generator
+    from .models.student import student_from_teacher, student_preset
 
     report = _environment(plan)
     c = Checker(plan, report)
@@ -457,24 +457,32 @@ def write_report(report: Report, out: Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m distill3d.export.gpu_check", description=__doc__
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The check's flags (shared by ``python -m distill3d.gpu_check`` and ``distill3d gpu-check``)."""
     parser.add_argument("--out", type=Path, default=Path("gpu-check"), help="report folder")
     parser.add_argument("--device", default="cuda", help="CUDA device to check")
     parser.add_argument(
         "--cpu-only", action="store_true", help="no CUDA: toy sizes, CUDA items skipped (< 60 s)"
     )
-    args = parser.parse_args(argv)
-    plan = CheckPlan.make(args.cpu_only, args.device)
+
+
+def run(out: Path, device: str = "cuda", cpu_only: bool = False) -> int:
+    """Run every check, write the JSON + Markdown report to ``out``; 1 if any item failed."""
+    plan = CheckPlan.make(cpu_only, device)
     torch.set_num_threads(
         min(torch.get_num_threads(), 2) if plan.cpu_only else torch.get_num_threads()
     )
     report = run_checks(plan)
-    json_path, md_path = write_report(report, args.out)
+    json_path, md_path = write_report(report, out)
     sys.stdout.write(format_markdown(report) + f"\nwrote {json_path} and {md_path}\n")
     return 1 if any(item.status == FAILED for item in report.items) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distill3d.gpu_check", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run(args.out, args.device, args.cpu_only)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from distill3d.export import gpu_check
-from distill3d.export.gpu_check import FAILED, MEASURED, SKIPPED
+from distill3d import gpu_check
+from distill3d.gpu_check import FAILED, MEASURED, SKIPPED
 
 EXPECTED = {
     "student eager fp32",
@@ -72,3 +72,19 @@ def test_parity_of_identical_and_different_images():
     assert gpu_check.parity(a, a) == {"psnr_db": 100.0, "max_abs_diff": 0.0}  # psnr caps at 100
     far = gpu_check.parity(a, a + 0.2)
     assert 19.9 < far["psnr_db"] < 20.1 and abs(far["max_abs_diff"] - 0.2) < 1e-6
+
+
+def test_distill3d_gpu_check_runs_the_same_check(tmp_path, monkeypatch):
+    """``distill3d gpu-check`` passes its flags to the check the test above runs (not run twice:
+    it takes tens of seconds), and a failed item makes the command fail."""
+    from distill3d.cli import main
+
+    calls = []
+    monkeypatch.setattr(gpu_check, "run", lambda *args: calls.append(args) or 1)
+    try:
+        main(["gpu-check", "--cpu-only", "--out", str(tmp_path)])
+    except SystemExit as exc:
+        assert exc.code == 1
+    else:
+        raise AssertionError("a failed check must fail the command")
+    assert calls == [(tmp_path, "cuda", True)]
