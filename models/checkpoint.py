@@ -29,10 +29,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import __version__
-from .eg3d.config import EG3DConfig, json_depth, loads_bounded
+from .eg3d.config import EG3DConfig
 from .eg3d.generator import TriPlaneGenerator
 from .errors import CheckpointError
-from .sidecar import SidecarSpec, read_sidecar
+from .sidecar import SidecarSpec, loads_bounded, read_sidecar
 from .student import Student, StudentConfig
 
 FORMAT_VERSION = 1
@@ -47,8 +47,6 @@ MODEL_CLASSES: dict[str, tuple[type[nn.Module], type]] = {
 
 
 # Bounds on what a checkpoint folder may make the loader do before it is trusted.
-MAX_CONFIG_BYTES = 1 << 20  # config.json is ~2 kB
-MAX_CONFIG_DEPTH = 32  # config.json nests ~4 levels (metadata a few more)
 MAX_HEADER_BYTES = 16 << 20  # a safetensors header is ~100 bytes per tensor
 MAX_TENSORS = 100_000
 # Bytes per element of the safetensors dtypes a checkpoint may hold.
@@ -179,8 +177,6 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
         f"{path} is not a distill3d checkpoint (no {CONFIG_NAME}); create one with "
         "`distill3d init` or `distill3d convert`"
     )
-    if config_path.is_file():
-        _check_config_file(config_path)
     document = read_sidecar(config_path, CHECKPOINT_SIDECAR, missing)
     name = document.get("class")
     if name not in MODEL_CLASSES:
@@ -200,33 +196,6 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
         config_sha256=str(document.get("config_sha256", "")),
         computed_config_sha256=config_sha256(document),
     )
-
-
-def _check_config_file(config_path: Path) -> None:
-    """Refuse a config.json that is too big or too deeply nested to be one, in one line.
-
-    Malformed JSON is left to the sidecar reader, which words that refusal.
-    """
-    size = config_path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise CheckpointError(
-            f"{config_path} is larger than {MAX_CONFIG_BYTES} bytes ({size}); a checkpoint's "
-            "config is a few kB, so this is not one. Re-create the checkpoint."
-        )
-    try:
-        document = json.loads(config_path.read_bytes())
-    except ValueError:
-        return
-    except (RecursionError, MemoryError):  # the parser recurses per level
-        document = _TOO_DEEP
-    if document is _TOO_DEEP or json_depth(document) > MAX_CONFIG_DEPTH:
-        raise CheckpointError(
-            f"{config_path} is nested more than {MAX_CONFIG_DEPTH} levels deep; a checkpoint's "
-            "config is not. Re-create the checkpoint."
-        )
-
-
-_TOO_DEEP = object()
 
 
 def load_checkpoint(

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .eg3d.config import MAX_LATENT_DIM, loads_bounded, shown
+from .eg3d.config import MAX_LATENT_DIM, shown
 from .errors import ConfigError
+from .sidecar import loads_bounded
 
 
 def z_from_seed(seed: int, z_dim: int) -> torch.Tensor:

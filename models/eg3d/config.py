@@ -8,7 +8,6 @@ give the JSON stored in our checkpoints; ``official.py`` builds these from an of
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -93,39 +92,6 @@ def check_choice(owner: str, name: str, value: object, choices: tuple[str, ...])
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"{owner}{name} must be one of {choices}, got {shown(value)}")
     return value
-
-
-def loads_bounded(text: str | bytes, where: str, max_depth: int, error: type[Exception]) -> Any:
-    """``json.loads`` that refuses nesting beyond ``max_depth`` in one line, never a traceback.
-
-    The parser recurses per level, so a file of brackets ends in RecursionError (or MemoryError)
-    inside it; shallower but still silly nesting is caught by walking the result without
-    recursion.
-    """
-    try:
-        value = json.loads(text)
-    except (RecursionError, MemoryError):
-        raise error(f"{where} is nested more than {max_depth} levels deep") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise error(f"{where} is not valid JSON: {exc}") from None
-    if json_depth(value) > max_depth:
-        raise error(f"{where} is nested more than {max_depth} levels deep")
-    return value
-
-
-def json_depth(value: Any) -> int:
-    """How many arrays/objects deep ``value`` goes (0 for a number or string), iteratively."""
-    deepest, pending = 0, [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        children = (
-            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        )
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        pending.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 def _set(obj: object, name: str, value: object) -> None:
