@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -75,8 +76,14 @@ async def run_level(
     params: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     timeout_s: float = 120.0,
+    first_seed: int | None = None,
 ) -> LevelResult:
-    """``requests`` GET /render calls from ``concurrency`` concurrent clients."""
+    """``requests`` GET /render calls from ``concurrency`` concurrent clients.
+
+    Every call asks for another seed, from ``first_seed`` on (by default a random start), so the
+    service's render cache never answers: a load test measures the model path, and a second level
+    or a second run must not be served from the first one's cached images.
+    """
     require_loopback(url)
     if not 1 <= concurrency <= 1024 or not 1 <= requests <= MAX_REQUESTS:
         raise ValueError(f"concurrency must be 1..1024 and requests 1..{MAX_REQUESTS}")
@@ -84,6 +91,7 @@ async def run_level(
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     next_index = 0
+    seed_base = secrets.randbelow(2**31) if first_seed is None else first_seed
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(
         base_url=url, timeout=timeout_s, limits=limits, headers=headers
@@ -93,7 +101,7 @@ async def run_level(
         async def worker() -> None:
             nonlocal next_index
             while next_index < requests:
-                seed = next_index
+                seed = (seed_base + next_index) % 2**32
                 next_index += 1
                 start = time.perf_counter()
                 try:
