@@ -14,17 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from ..models.checkpoint import sha256_file
 from ..models.runtime.errors import ExportError
 from ..models.runtime.export_files import graph_path, read_export
 from .onnx import (
     STUDENT_FP16_GRAPH,
     VERIFY_BATCH_SIZES,
-    GraphSpec,
-    _set_metadata,
-    graph_properties,
+    install_student_variant,
     sample_inputs,
-    write_metadata,
 )
 
 
@@ -118,8 +114,6 @@ def add_fp16_graph(
     one below ``min_psnr_db`` is deleted and the folder is left as it was. Returns the updated
     ``export.json`` contents.
     """
-    from dataclasses import asdict
-
     folder = Path(folder)
     metadata = read_export(folder)
     fp32 = graph_path(folder, metadata, "student")
@@ -129,19 +123,8 @@ def add_fp16_graph(
         verification = verify_fp16(
             fp32, tmp, sample_inputs(folder, metadata, seed), batch_sizes, min_psnr_db
         )
-        _set_metadata(tmp, graph_properties(metadata, "student_fp16"))
-        student = metadata["graphs"]["student"]
-        spec = GraphSpec(
-            STUDENT_FP16_GRAPH,
-            dict(student["inputs"]),
-            dict(student["outputs"]),
-            precision="fp16",
-            sha256=sha256_file(tmp),
-            verification=verification,
+        return install_student_variant(
+            folder, metadata, "student_fp16", tmp, STUDENT_FP16_GRAPH, "fp16", verification
         )
-        os.replace(tmp, folder / STUDENT_FP16_GRAPH)
     finally:
         tmp.unlink(missing_ok=True)
-    metadata["graphs"]["student_fp16"] = asdict(spec)
-    write_metadata(folder, metadata)
-    return metadata

@@ -29,18 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from ..models.checkpoint import sha256_file
 from ..models.runtime.errors import ExportError
 from ..models.runtime.export_files import graph_path, read_export
 from ..models.student import DEFAULT_POSE_RANGE
 from .fp16 import psnr_db
-from .onnx import (
-    VERIFY_BATCH_SIZES,
-    GraphSpec,
-    _set_metadata,
-    graph_properties,
-    write_metadata,
-)
+from .onnx import VERIFY_BATCH_SIZES, install_student_variant
 
 STUDENT_INT8_GRAPH = "student_int8.onnx"
 INT8_KEY = "student_int8"
@@ -290,22 +283,11 @@ def add_int8_graph(
             "activations": f"{settings.activation_type[1:]}, asymmetric, per tensor",
             "onnxruntime_version": onnxruntime.__version__,
         }
-        _set_metadata(tmp, graph_properties(metadata, INT8_KEY))
-        student = metadata["graphs"]["student"]
-        spec = GraphSpec(
-            STUDENT_INT8_GRAPH,
-            dict(student["inputs"]),
-            dict(student["outputs"]),
-            precision="int8",
-            sha256=sha256_file(tmp),
-            verification=verification,
+        return install_student_variant(
+            folder, metadata, INT8_KEY, tmp, STUDENT_INT8_GRAPH, "int8", verification
         )
-        os.replace(tmp, folder / STUDENT_INT8_GRAPH)
     finally:
         tmp.unlink(missing_ok=True)
-    metadata["graphs"][INT8_KEY] = asdict(spec)
-    write_metadata(folder, metadata)
-    return metadata
 
 
 def student_int8_runner(export_dir: Path, flops: float) -> Any:

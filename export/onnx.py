@@ -320,6 +320,34 @@ def graph_properties(metadata: dict[str, Any], key: str) -> dict[str, Any]:
     }
 
 
+def install_student_variant(
+    folder: Path,
+    metadata: dict[str, Any],
+    key: str,
+    tmp: Path,
+    file: str,
+    precision: str,
+    verification: dict[str, Any],
+) -> dict[str, Any]:
+    """Move a verified variant of the student graph (FP16, int8) from ``tmp`` into ``folder``
+    as ``file`` and record it under ``key`` in ``export.json``: same tensors as the FP32 student,
+    its own precision, hash and verification. Returns the updated metadata."""
+    _set_metadata(tmp, graph_properties(metadata, key))
+    student = metadata["graphs"]["student"]
+    spec = GraphSpec(
+        file,
+        dict(student["inputs"]),
+        dict(student["outputs"]),
+        precision=precision,
+        sha256=sha256_file(tmp),
+        verification=verification,
+    )
+    os.replace(tmp, folder / file)
+    metadata["graphs"][key] = asdict(spec)
+    write_metadata(folder, metadata)
+    return metadata
+
+
 def write_metadata(folder: Path, metadata: dict[str, Any]) -> None:
     """Replace ``export.json`` atomically (a reader never sees half a file)."""
     tmp = folder / f".{METADATA_NAME}.tmp"
