@@ -311,6 +311,13 @@ def export_onnx(
     return metadata
 
 
+def export_browser_graphs(student: nn.Module, folder: Path, source: dict[str, Any]) -> None:
+    """What the service's in-browser viewer runs: the student and mapping graphs in FP32 (no
+    raw output, no FP16 variant), verified like every export; ``distill3d serve`` hands this to
+    the service, which never imports the export package itself."""
+    export_onnx(student, folder, source, with_raw=False, fp16=False)  # type: ignore[arg-type]
+
+
 def graph_properties(metadata: dict[str, Any], key: str) -> dict[str, Any]:
     """What each graph file carries in its own ``metadata_props``, so it is traceable alone."""
     return {

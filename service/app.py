@@ -21,13 +21,20 @@ from .metrics import ServiceMetrics
 from .middleware import ApiKeyGuard, BodyLimit, RequestContext, RequestMetrics
 from .render_service import RenderService
 from .routers import graphs, health, inference_v2, invert, mesh, models, orbit, render, viewer
+from .routers.graphs import GraphExporter
 from .settings import ServiceSettings
 from .tracing import Tracing
 
 
-def create_app(settings: ServiceSettings | None = None, tracer_provider: Any = None) -> FastAPI:
+def create_app(
+    settings: ServiceSettings | None = None,
+    tracer_provider: Any = None,
+    graph_exporter: GraphExporter | None = None,
+) -> FastAPI:
     """The service's app for ``settings`` (from the environment when None); spans go to
-    ``tracer_provider`` when given (tests), else to ``settings.otlp_endpoint`` when set."""
+    ``tracer_provider`` when given (tests), else to ``settings.otlp_endpoint`` when set.
+    ``graph_exporter`` writes the student's browser graphs on first request (``distill3d serve``
+    passes the export package's; without one, /graphs serves only an --onnx-dir export)."""
     settings = settings or ServiceSettings()
     metrics = ServiceMetrics(settings.resolved_device())
     tracing = Tracing.configure(settings.otlp_endpoint, tracer_provider)
@@ -50,6 +57,7 @@ def create_app(settings: ServiceSettings | None = None, tracer_provider: Any = N
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.graph_exporter = graph_exporter
     app.state.metrics = metrics
     # Added innermost first: metrics see every answer, the key is checked before any body is
     # read, and size limits apply to authorised requests.

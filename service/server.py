@@ -394,11 +394,15 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
-def build_server(settings: ServiceSettings, log_level: str = "info") -> DrainingServer:
-    """The app in its guard, uvicorn configured from ``settings``, not yet started."""
+def build_server(
+    settings: ServiceSettings, log_level: str = "info", graph_exporter: Any = None
+) -> DrainingServer:
+    """The app in its guard, uvicorn configured from ``settings``, not yet started
+    (``graph_exporter``: see ``create_app``)."""
     from .app import create_app
 
-    guard = ServerGuard(create_app(settings), body_timeout_s=settings.body_timeout_s)
+    app = create_app(settings, graph_exporter=graph_exporter)
+    guard = ServerGuard(app, body_timeout_s=settings.body_timeout_s)
     protocol = _protocol(connection_cap(settings.max_connections), settings.header_timeout_s)
     config = uvicorn.Config(
         guard,
@@ -417,10 +421,10 @@ def build_server(settings: ServiceSettings, log_level: str = "info") -> Draining
     return DrainingServer(config, guard, settings.drain_timeout_s, settings.shutdown_delay_s)
 
 
-def run(settings: ServiceSettings, log_level: str = "info") -> None:
+def run(settings: ServiceSettings, log_level: str = "info", graph_exporter: Any = None) -> None:
     """Serve until SIGTERM/SIGINT, drain, and return (one worker: it owns the models and the
     batching queue; several processes would split the queue)."""
-    build_server(settings, log_level).run()
+    build_server(settings, log_level, graph_exporter).run()
 
 
 def _is_work(path: str) -> bool:

@@ -77,7 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     # One worker (it owns the models and the batching queue), with the connection limits,
     # request deadlines and SIGTERM drain of service/server.py.
-    server.run(settings, log_level=args.log_level)
+    from ..export.onnx import export_browser_graphs
+
+    server.run(settings, log_level=args.log_level, graph_exporter=export_browser_graphs)
 
 
 def add_loadtest(sub: SubParsers) -> None:

@@ -29,11 +29,12 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from torch import nn
 
 from ... import __version__
 from ...models.checkpoint import sha256_file
@@ -112,7 +113,17 @@ def _valid_export(folder: Path) -> bool:
     return True
 
 
-def _export_student(service: RenderService) -> Path:
+class GraphExporter(Protocol):
+    """Writes a student's browser graphs (student.onnx, mapping.onnx, export.json) to a folder.
+
+    The service cannot export by itself (it never imports ``distill3d.export``: the layers
+    point the other way); ``distill3d serve`` hands it ``export.onnx.export_browser_graphs``.
+    """
+
+    def __call__(self, student: nn.Module, folder: Path, source: dict[str, Any]) -> None: ...
+
+
+def _export_student(service: RenderService, exporter: GraphExporter | None) -> Path:
     """The export folder of the served student: --onnx-dir, or a cached export of it."""
     settings, models = service.settings, service.models
     assert models is not None
@@ -122,13 +133,17 @@ def _export_student(service: RenderService) -> Path:
         raise GraphsUnavailable(
             "graphs", "this service has no student to run in the browser (only the teacher)"
         )
-    from ...export.onnx import export_onnx
-
     info = service.infos["student"]
     sha = info.sha256 or "unhashed"
     folder = cache_root() / f"{sha[:16]}-{__version__}"
     if _valid_export(folder):
         return folder
+    if exporter is None:
+        raise GraphsUnavailable(
+            "graphs",
+            "this app was built without a graph exporter: serve an export with --onnx-dir, or "
+            "start it with `distill3d serve`, which exports the student for the browser",
+        )
     log.info("exporting the student's graphs for the browser into %s", folder)
     student = copy.deepcopy(models.student_model)  # export moves it to CPU float32
     source = {
@@ -136,15 +151,21 @@ def _export_student(service: RenderService) -> Path:
         "weights_sha256": info.sha256,
         "pose_range": {"yaw_deg": info.pose_range.yaw_deg, "pitch_deg": info.pose_range.pitch_deg},
     }
-    export_onnx(student, folder, source, with_raw=False, fp16=False)
+    try:
+        exporter(student, folder, source)
+    except Exception as exc:  # e.g. onnx not installed: the page renders through the server
+        log.warning("cannot export the student for the browser: %s", exc)
+        raise GraphsUnavailable(
+            "graphs", f"the student's graphs could not be exported: {exc}".splitlines()[0]
+        ) from exc
     return folder
 
 
-def build_graphs(service: RenderService) -> Graphs:
+def build_graphs(service: RenderService, exporter: GraphExporter | None = None) -> Graphs:
     """Export (or find) the graphs, hash them and write the manifest."""
     models = service.models
     assert models is not None
-    folder = _export_student(service)
+    folder = _export_student(service, exporter)
     metadata = read_export(folder)
     files: dict[str, GraphFile] = {}
     entries: dict[str, Any] = {}
@@ -193,7 +214,8 @@ def build_graphs(service: RenderService) -> Graphs:
 class GraphStore:
     """Builds the graphs once (on the first request, off the event loop) and keeps them."""
 
-    def __init__(self) -> None:
+    def __init__(self, exporter: GraphExporter | None) -> None:
+        self.exporter = exporter
         self.graphs: Graphs | None = None
         self.lock = asyncio.Lock()
 
@@ -202,14 +224,16 @@ class GraphStore:
             async with self.lock:
                 if self.graphs is None:
                     loop = asyncio.get_running_loop()
-                    self.graphs = await loop.run_in_executor(None, build_graphs, service)
+                    self.graphs = await loop.run_in_executor(
+                        None, build_graphs, service, self.exporter
+                    )
         return self.graphs
 
 
 def _store(request: Request) -> GraphStore:
     state = request.app.state
     if not hasattr(state, "graph_store"):
-        state.graph_store = GraphStore()
+        state.graph_store = GraphStore(getattr(state, "graph_exporter", None))
     return state.graph_store
 
 

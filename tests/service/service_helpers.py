@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from distill3d.export.onnx import export_browser_graphs
 from distill3d.service.app import create_app
 from distill3d.service.settings import ServiceSettings
 
@@ -16,7 +17,7 @@ from distill3d.service.settings import ServiceSettings
 @asynccontextmanager
 async def serving(settings: ServiceSettings) -> AsyncIterator[httpx.AsyncClient]:
     """The app with its lifespan, and an httpx client talking to it in-process."""
-    app = create_app(settings)
+    app = create_app(settings, graph_exporter=export_browser_graphs)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
