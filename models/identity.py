@@ -15,7 +15,8 @@ import torch
 from .editing import interpolate, style_mix
 from .errors import ConfigError
 from .latents import load_latent, z_from_seed
-from .render import Generator, check_ws, frontal_camera
+from .mapping import map_to_ws
+from .render import Generator, check_ws
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,7 @@ class Identity:
 
 def seed_ws(generator: Generator, seed: int, device: torch.device) -> torch.Tensor:
     """A seed's ws, mapped with the frontal camera as EG3D's scripts do (one seed, one face)."""
-    z = z_from_seed(seed, generator.z_dim).to(device)
-    with torch.no_grad():
-        return generator.mapping(z, frontal_camera(generator).to_label().to(device))
+    return map_to_ws(generator, z_from_seed(seed, generator.z_dim)).to(device)  # type: ignore[arg-type]
 
 
 def _interpolated(

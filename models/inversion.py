@@ -31,8 +31,9 @@ from torch import nn
 
 from .errors import ConfigError
 from .latents import FittedLatent
+from .mapping import map_to_w
 from .metrics import psnr
-from .render import Generator, frontal_camera, orbit_camera, w_avg_of
+from .render import Generator, orbit_camera, w_avg_of
 from .rng import generator_for
 
 Space = Literal["w", "w+"]
@@ -130,8 +131,7 @@ def w_spread(model: Generator, samples: int = 2000, seed: int = 0) -> float:
     """Root-mean-square distance of mapped w from the average: the regulariser's unit."""
     device = next(model.parameters()).device
     z = torch.randn(samples, model.z_dim, generator=torch.Generator().manual_seed(seed))
-    c = frontal_camera(model, samples).to_label().to(device)
-    w = model.mapping(z.to(device), c)[:, 0]
+    w = map_to_w(model, z).to(device)  # type: ignore[arg-type]
     return float((w - w_avg_of(model).to(device)).square().sum(-1).mean().sqrt())
 
 

@@ -51,15 +51,23 @@ def camera_convention(model: LatentModel) -> CameraConvention:
 
 
 @torch.no_grad()
-def map_to_w(
+def map_to_ws(
     model: LatentModel, z: torch.Tensor, c_cond: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """z [N, z_dim] -> w [N, w_dim], untruncated, conditioned on ``c_cond`` [N, 25] labels
-    (the frontal camera, as EG3D's scripts use, when None)."""
+    """z [N, z_dim] -> ws [N, num_ws, w_dim], untruncated, conditioned on ``c_cond`` [N, 25]
+    labels (the frontal camera, as EG3D's scripts use, when None): one seed, one identity in
+    every view."""
     if c_cond is None:
         c_cond = camera_convention(model).frontal(len(z)).to_label()
     device = model.w_avg.device
-    return model.mapping(z.to(device), c_cond.to(device))[:, 0]
+    return model.mapping(z.to(device), c_cond.to(device))
+
+
+def map_to_w(
+    model: LatentModel, z: torch.Tensor, c_cond: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`map_to_ws`'s w [N, w_dim] (every row of ws is the same before truncation)."""
+    return map_to_ws(model, z, c_cond)[:, 0]
 
 
 def truncate_rows(w: np.ndarray, w_avg: np.ndarray, psi: np.ndarray) -> np.ndarray:

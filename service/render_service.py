@@ -263,7 +263,7 @@ class RenderService:
             raise RequestError("frames", f"frames must be at most {self.settings.max_frames}")
         if req.fps > self.settings.max_fps:
             raise RequestError("fps", f"fps must be at most {self.settings.max_fps}")
-        path = OrbitPath(req.frames, req.yaw_amplitude, req.pitch_amplitude)
+        path = OrbitPath(req.frames, req.yaw_amplitude, req.pitch_amplitude, req.pitch_center)
         yaws, pitches = orbit_angles(path)
         rig = self.models.camera
         return [

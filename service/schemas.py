@@ -214,6 +214,14 @@ class OrbitRequest(LatentFields):
         "model's range (GET /v1/models, pose_range)",
     )
     pitch_amplitude: float = Field(5.0, ge=0, lt=90, description="degrees up and down")
+    pitch_center: float = Field(
+        0.0,
+        ge=-89,
+        le=89,
+        description="the pitch the orbit swings around, in degrees: a latent file's fitted "
+        "'pitch', as `distill3d orbit --latent` uses it (0 for seeds); frames are clipped to "
+        "+-89 degrees",
+    )
     radius: float | None = Field(None, ge=MIN_RADIUS, le=MAX_RADIUS, description=RADIUS_DOC)
     fov_deg: float | None = Field(None, ge=MIN_FOV_DEG, le=MAX_FOV_DEG, description=FOV_DOC)
     format: VideoFormatName = "mp4"

@@ -6,13 +6,14 @@ With nothing set, the service serves the embedded default model on CPU.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..models.config_files import read_config_file
 
 StudentBackendName = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 
@@ -159,17 +160,8 @@ def load_settings(
     values: dict[str, Any] = {}
     path = config_file or os.environ.get("DISTILL3D_CONFIG")
     if path:
-        path = Path(path)
-        if not path.is_file():
+        if not Path(path).is_file():
             raise FileNotFoundError(f"settings file {path} not found")
-        text = path.read_text()
-        if path.suffix == ".json":
-            values = json.loads(text)
-        else:
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of setting names to values")
+        values = read_config_file(path, what="settings file")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ServiceSettings(**values)  # the environment fills whatever is left unset
