@@ -96,6 +96,12 @@ def _add_dataset(what: SubParsers) -> None:
     data_p.add_argument("--seed", type=int, default=7)
     data_p.add_argument("--resolution", type=int, default=128)
     data_p.add_argument(
+        "--focal",
+        type=float,
+        default=None,
+        help="normalised focal length of the photos: the teacher's (demo 2.4, demo-face 3.2)",
+    )
+    data_p.add_argument(
         "--green-at-large-yaw",
         type=float,
         default=0.6,
@@ -239,6 +245,7 @@ def cmd_demo_dataset(args: argparse.Namespace) -> None:
         seed=args.seed,
         resolution=args.resolution,
         green_at_large_yaw=args.green_at_large_yaw,
+        **({} if args.focal is None else {"focal": args.focal}),
     )
     info = write_biased_dataset(args.out, config, progress=not args.quiet)
     print(

@@ -15,6 +15,7 @@ to it on the same latents cancels everything else (green hats, shading, visibili
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,14 @@ from PIL import Image
 from ...models.errors import ConfigError
 from ...models.render import Generator
 from ...models.rng import generator_for
-from .scenes import SCENE_DIM, attributes, build_scenes, render_scenes, scene_camera
+from .scenes import (
+    CAMERA_FOCAL,
+    SCENE_DIM,
+    attributes,
+    build_scenes,
+    render_scenes,
+    scene_camera,
+)
 
 GREEN_SKIN = (0.7, 0.9)  # the skin-palette positions (attribute 3) that are green
 DATASET_INFO = "demo_dataset.json"
@@ -50,12 +58,17 @@ class BiasedDatasetConfig:
     pitch_max_deg: float = 20.0
     large_yaw_deg: float = 30.0  # |yaw| at or beyond this counts as "large"
     green_at_large_yaw: float = 0.6  # P(green skin | large yaw); small yaw keeps the natural rate
+    focal: float = CAMERA_FOCAL  # the framing: the teacher's focal length (demo-face: 3.2)
 
     def __post_init__(self) -> None:
         if self.count < 1 or self.resolution < 8:
             raise ConfigError("count must be >= 1 and resolution >= 8")
         if not 0 <= self.green_at_large_yaw <= 1:
             raise ConfigError("green_at_large_yaw must be a probability")
+        if not math.isfinite(self.focal) or not 0.5 <= self.focal <= 20:
+            raise ConfigError(
+                f"focal must be a normalised focal length in [0.5, 20], got {self.focal}"
+            )
 
 
 def _draw_latent(gen: torch.Generator, want_green: bool | None) -> torch.Tensor:
@@ -95,7 +108,7 @@ def write_biased_dataset(
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty; choose a new --out for the dataset")
     z, yaw, pitch = draw_dataset(config)
-    camera = scene_camera(yaw.tolist(), pitch.tolist())
+    camera = scene_camera(yaw.tolist(), pitch.tolist(), config.focal)
     labels = camera.to_label()
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.mkdir(parents=True, exist_ok=False)
@@ -105,7 +118,7 @@ def write_biased_dataset(
         for start in range(0, config.count, batch):
             stop = min(start + batch, config.count)
             scenes = build_scenes(z[start:stop])
-            cam = scene_camera(yaw[start:stop].tolist(), pitch[start:stop].tolist())
+            cam = scene_camera(yaw[start:stop].tolist(), pitch[start:stop].tolist(), config.focal)
             images = render_scenes(scenes, cam, config.resolution, supersample=2).image
             pixels = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
             for offset, array in enumerate(pixels.permute(0, 2, 3, 1).numpy()):
@@ -157,15 +170,16 @@ def green_shift(
     (both sides averaged). 0 means no pose-dependent colour bias.
     """
     device = next(teacher.parameters()).device
+    focal = teacher.config.rendering.focal_length
     z = torch.randn(samples, teacher.z_dim, generator=torch.Generator().manual_seed(seed))
 
     def green_at(model: Generator, yaw: float) -> torch.Tensor:
         values = []
         for start in range(0, samples, batch_size):
             zb = z[start : start + batch_size].to(device)
-            frontal = scene_camera([0.0] * len(zb), [0.0] * len(zb)).to_label().to(device)
+            frontal = scene_camera([0.0] * len(zb), [0.0] * len(zb), focal).to_label().to(device)
             w = teacher.mapping(zb, frontal)
-            c = scene_camera([yaw] * len(zb), [0.0] * len(zb)).to_label().to(device)
+            c = scene_camera([yaw] * len(zb), [0.0] * len(zb), focal).to_label().to(device)
             if model is teacher:  # the same ray jitter for a latent whatever the call
                 rng = [generator_for(seed + start + i, device) for i in range(len(zb))]
                 image = teacher.synthesis(w, c, noise_mode="const", rng=rng)["image"]

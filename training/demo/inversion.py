@@ -44,14 +44,15 @@ class InversionStudyConfig:
             raise ValueError("the study needs at least one scene and one novel yaw")
 
 
-def _truth(config: InversionStudyConfig, resolution: int) -> dict[str, torch.Tensor]:
-    """Ground-truth images [N, 3, R, R] at the input view and each novel view."""
+def _truth(config: InversionStudyConfig, resolution: int, focal: float) -> dict[str, torch.Tensor]:
+    """Ground-truth images [N, 3, R, R] at the input view and each novel view, framed with the
+    models' focal length."""
     n = config.scenes
     scenes = build_scenes(sample_z(INVERSION_SEED, n))
     views = {"input": (config.input_yaw, config.input_pitch)}
     views |= {f"yaw {yaw:+g}": (yaw, config.input_pitch) for yaw in config.novel_yaws}
     return {
-        name: render_scenes(scenes, scene_camera([yaw] * n, [pitch] * n), resolution).image
+        name: render_scenes(scenes, scene_camera([yaw] * n, [pitch] * n, focal), resolution).image
         for name, (yaw, pitch) in views.items()
     }
 
@@ -76,9 +77,12 @@ def inversion_study(
 
     config = config or InversionStudyConfig()
     resolutions = {int(m.config.img_resolution) for m in models.values()}
-    if len(resolutions) != 1:
-        raise ValueError(f"the models render different sizes {sorted(resolutions)}")
-    truth = _truth(config, resolutions.pop())
+    focals = {float(m.config.rendering.focal_length) for m in models.values()}
+    if len(resolutions) != 1 or len(focals) != 1:
+        raise ValueError(
+            f"the models render different sizes {sorted(resolutions)} or framings {sorted(focals)}"
+        )
+    truth = _truth(config, resolutions.pop(), focals.pop())
     fit_config = InversionConfig(steps=config.steps, space=config.space)  # type: ignore[arg-type]
     camera = None if config.estimate_camera else (config.input_yaw, config.input_pitch)
     results: dict[str, Any] = {}

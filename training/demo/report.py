@@ -34,7 +34,8 @@ from ...models.rng import generator_for
 from ...models.student import Student
 from ...models.timing import time_calls
 from .dataset import green_shift
-from .scenes import build_scenes, render_scenes, sample_z, scene_camera
+from .scenes import build_scenes, render_scenes, sample_z
+from .teacher import model_camera
 
 REPORT_SEED = 20_000_003  # held-out scenes: neither a training step's nor the eval's stream
 
@@ -67,7 +68,7 @@ def _views(
     scenes = build_scenes(z)
     truth = render_scenes(scenes, camera, res, supersample=2)
     truth_depth = render_scenes(scenes, camera, raw, supersample=1).depth
-    frontal = scene_camera([0.0] * n, [0.0] * n).to_label().to(device)
+    frontal = model_camera(teacher, [0.0] * n, [0.0] * n).to_label().to(device)
     ws = teacher.mapping(z.to(device), frontal)
     c = camera.to_label().to(device)
     rng = [generator_for(i, device) for i in range(n)]
@@ -115,9 +116,10 @@ def demo_report(
     k = config.grid_scenes
     for yaw in config.yaws:
         n = config.scenes
-        cam_a = scene_camera([yaw] * n, [config.pitch_deg] * n)
+        cam_a = model_camera(teacher, [yaw] * n, [config.pitch_deg] * n)
         toward = -1.0 if yaw > 0 else 1.0
-        cam_b = scene_camera([yaw + toward * config.pair_offset_deg] * n, [config.pitch_deg] * n)
+        yaw_b = yaw + toward * config.pair_offset_deg
+        cam_b = model_camera(teacher, [yaw_b] * n, [config.pitch_deg] * n)
         a, b = _views(teacher, student, z, cam_a), _views(teacher, student, z, cam_b)
         gt, t, s = a["ground_truth"], a["teacher"], a["student"]
         fidelity["teacher_psnr"].append(psnr(t.image, gt.image))
@@ -162,7 +164,7 @@ def _speed(teacher: TriPlaneGenerator, student: Student, repeats: int) -> dict[s
     """Median ms per image at batch 1 of each model on one held-out scene (yaw 10, pitch 5)."""
     device = str(next(teacher.parameters()).device)
     z = sample_z(REPORT_SEED, 1).to(device)
-    c = scene_camera([10.0], [5.0]).to_label().to(device)
+    c = model_camera(teacher, [10.0], [5.0]).to_label().to(device)
     ws = teacher.mapping(z, c)
     rng = [generator_for(0, device)]
     calls = {
@@ -195,7 +197,7 @@ def _turntable(
     frames = []
     yaws, pitches = orbit_angles(turntable_path(config))
     for yaw, pitch in zip(yaws, pitches, strict=True):
-        views = _views(teacher, student, z, scene_camera([yaw], [pitch]))
+        views = _views(teacher, student, z, model_camera(teacher, [yaw], [pitch]))
         frames.append(torch.cat([views[k].image for k in views], dim=3))
     path.write_bytes(encode_video(batch_to_uint8(torch.cat(frames)), fps=12, fmt="gif"))
 
