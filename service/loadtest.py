@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -154,6 +154,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_ready(
+    url: str,
+    process: subprocess.Popen,
+    timeout_s: float,
+    exit_log: Callable[[], str],
+    timeout_log: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``url``/readyz until it answers 200; raise if ``process`` exits first (with
+    ``exit_log()``) or ``timeout_s`` passes (with ``timeout_log()``, when reading the output of
+    a process still running cannot block)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the service exited with {process.returncode}:\n{exit_log()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            detail = f":\n{timeout_log()}" if timeout_log else ""
+            raise TimeoutError(f"the service was not ready within {timeout_s} s{detail}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def spawn_service(
     args: Sequence[str] = (), env: dict[str, str] | None = None, ready_timeout_s: float = 120.0
@@ -171,19 +196,9 @@ def spawn_service(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read() if process.stdout else ""
-                raise RuntimeError(f"the service exited with {process.returncode}:\n{output}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the service was not ready within {ready_timeout_s} s")
-            time.sleep(0.2)
+        wait_until_ready(
+            url, process, ready_timeout_s, lambda: process.stdout.read() if process.stdout else ""
+        )
         yield url
     finally:
         process.terminate()

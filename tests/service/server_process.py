@@ -7,15 +7,12 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from distill3d.service.loadtest import free_port
+from distill3d.service.loadtest import free_port, wait_until_ready
 
 
 @dataclass
@@ -59,18 +56,7 @@ def serve_process(
         )
     handle = ServerProcess(f"http://127.0.0.1:{port}", port, process, log_path)
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the service exited with {process.returncode}:\n{handle.log()}")
-            try:
-                if httpx.get(f"{handle.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not ready within {ready_timeout_s} s:\n{handle.log()}")
-            time.sleep(0.2)
+        wait_until_ready(handle.url, process, ready_timeout_s, handle.log, handle.log)
         yield handle
     finally:
         if process.poll() is None:
