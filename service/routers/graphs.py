@@ -212,21 +212,30 @@ def build_graphs(service: RenderService, exporter: GraphExporter | None = None) 
 
 
 class GraphStore:
-    """Builds the graphs once (on the first request, off the event loop) and keeps them."""
+    """Builds the graphs once (on the first request, off the event loop) and keeps them, or
+    keeps why they cannot be built: nothing about the process changes that (no student, no
+    onnx), so an export is never attempted again on every request."""
 
     def __init__(self, exporter: GraphExporter | None) -> None:
         self.exporter = exporter
         self.graphs: Graphs | None = None
+        self.unavailable: tuple[str, str] | None = None  # (field, message) of the refusal
         self.lock = asyncio.Lock()
 
     async def get(self, service: RenderService) -> Graphs:
-        if self.graphs is None:
+        if self.graphs is None and self.unavailable is None:
             async with self.lock:
-                if self.graphs is None:
+                if self.graphs is None and self.unavailable is None:
                     loop = asyncio.get_running_loop()
-                    self.graphs = await loop.run_in_executor(
-                        None, build_graphs, service, self.exporter
-                    )
+                    try:
+                        self.graphs = await loop.run_in_executor(
+                            None, build_graphs, service, self.exporter
+                        )
+                    except GraphsUnavailable as exc:
+                        self.unavailable = (exc.field, str(exc))
+        if self.unavailable is not None:
+            raise GraphsUnavailable(*self.unavailable)
+        assert self.graphs is not None
         return self.graphs
 
 

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -155,3 +156,27 @@ def test_vendored_wasm_is_the_gzip_of_the_published_file():
             data = gzip.decompress(data)
         assert hashlib.sha256(data).hexdigest() == digest, name
     assert "MIT License" in (VENDOR_DIR / "LICENSE").read_text()
+
+
+def test_a_failed_export_is_answered_404_and_not_retried(settings_for, graph_cache):
+    """Without the export extra (here: an exporter that fails as it would) /graphs is 404
+    naming the problem, and the export is attempted once, not on every request."""
+    from distill3d.service.app import create_app
+
+    calls = []
+
+    def broken(student, folder, source):
+        calls.append(folder)
+        raise RuntimeError("ONNX export needs onnx: pip install 'distill3d[export]'")
+
+    async def go():
+        app = create_app(settings_for(), graph_exporter=broken)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
+                for _ in range(3):
+                    r = await client.get("/graphs/manifest.json")
+                    assert r.status_code == 404 and "distill3d[export]" in r.text
+        assert len(calls) == 1
+
+    run(go())
