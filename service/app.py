@@ -21,8 +21,8 @@ from .metrics import ServiceMetrics
 from .middleware import ApiKeyGuard, BodyLimit, RequestContext, RequestMetrics
 from .render_service import RenderService
 from .routers import graphs, health, inference_v2, invert, mesh, models, orbit, render, viewer
-from .routers.graphs import GraphExporter
 from .settings import ServiceSettings
+from .student_export import GraphExporter
 from .tracing import Tracing
 
 
@@ -38,7 +38,7 @@ def create_app(
     settings = settings or ServiceSettings()
     metrics = ServiceMetrics(settings.resolved_device())
     tracing = Tracing.configure(settings.otlp_endpoint, tracer_provider)
-    service = RenderService(settings, metrics)
+    service = RenderService(settings, metrics, graph_exporter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -161,13 +161,44 @@ class Volumetric:
 
 
 def time_backend(backend: Backend, w: np.ndarray, c: np.ndarray, repeats: int = 3) -> float:
-    """Median seconds of a batch-1 render (after one untimed call): how ``auto`` compares."""
-    backend.render(w[:1], c[:1])
+    """Median seconds of one render of the batch ``w``, ``c`` (after one untimed call, which
+    allocates and picks kernels): how ``auto`` compares backends and sizes batches."""
+    backend.render(w, c)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        backend.render(w[:1], c[:1])
+        backend.render(w, c)
         if backend.device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def batch_sizes_to_try(cap: int) -> list[int]:
+    """1, 2, 4, ... below ``cap``, then ``cap``."""
+    sizes = [1]
+    while sizes[-1] * 2 < cap:
+        sizes.append(sizes[-1] * 2)
+    return [*sizes, cap] if cap > 1 else sizes
+
+
+def tune_max_batch(
+    backend: Backend, c: np.ndarray, cap: int, budget_s: float = 60.0
+) -> tuple[int, dict[int, float]]:
+    """(batch limit, images/s by batch size): the size with the most images/s among 1, 2, 4,
+    ... up to ``cap``, so that batching never serves slower than batch 1 (on a CPU a batch can
+    cost more per image than one image does).
+
+    Stops at the first size below 90 % of the best rate so far (past the peak) or once the
+    timings have taken ``budget_s``; ``c`` is one camera label [1, 25].
+    """
+    rates: dict[int, float] = {}
+    start = time.perf_counter()
+    for size in batch_sizes_to_try(cap):
+        w = np.zeros((size, backend.w_dim), np.float32)
+        seconds = time_backend(backend, w, np.repeat(c[:1], size, axis=0), repeats=2)
+        rates[size] = size / seconds
+        if rates[size] < 0.9 * max(rates.values()) or time.perf_counter() - start > budget_s:
+            break
+    best = max(rates, key=rates.__getitem__)  # the first (smallest) of equal rates
+    return best, rates

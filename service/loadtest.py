@@ -1,8 +1,11 @@
 """A bounded load generator for a running service on this machine (loopback only).
 
 For each concurrency level it sends a fixed number of /render requests from that many
-concurrent clients and reports requests/s, p50/p99 latency, errors by status, and the mean batch
-size the service formed (from /metrics before and after). ``spawn_service`` starts a service in
+concurrent clients and reports requests/s, p50/p99 latency, errors by status, the mean batch
+size the service formed (from /metrics before and after), and what the service adds to the model:
+the p50 of the model time each response reports (``X-Model-Time-Ms``: its batch's mapping and
+render) and the p50 of latency minus that time, per response (queueing, HTTP, validation,
+encoding, and the client's own share of the CPU). ``spawn_service`` starts a service in
 a subprocess on a free loopback port, so batching on and off can be compared in one command.
 """
 
@@ -41,6 +44,8 @@ class LevelResult:
     p50_ms: float
     p99_ms: float
     mean_batch: float
+    model_p50_ms: float = float("nan")
+    over_model_p50_ms: float = float("nan")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +94,7 @@ async def run_level(
         raise ValueError(f"concurrency must be 1..1024 and requests 1..{MAX_REQUESTS}")
     base = dict(params or {"yaw": 20, "pitch": 5})
     latencies: list[float] = []
+    model_times: list[float] = []
     statuses: Counter[str] = Counter()
     next_index = 0
     seed_base = secrets.randbelow(2**31) if first_seed is None else first_seed
@@ -109,6 +115,7 @@ async def run_level(
                     statuses[str(r.status_code)] += 1
                     if r.status_code == 200:
                         latencies.append(time.perf_counter() - start)
+                        model_times.append(float(r.headers.get("x-model-time-ms", "nan")) / 1000)
                 except httpx.HTTPError as exc:
                     statuses[type(exc).__name__] += 1
 
@@ -119,6 +126,7 @@ async def run_level(
     images, calls = after[0] - before[0], after[1] - before[1]
     ok = statuses.pop("200", 0)
     ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    model_ms = np.array(model_times) * 1000 if model_times else np.array([np.nan])
     return LevelResult(
         label=label,
         concurrency=concurrency,
@@ -130,20 +138,23 @@ async def run_level(
         p50_ms=round(float(np.percentile(ms, 50)), 1),
         p99_ms=round(float(np.percentile(ms, 99)), 1),
         mean_batch=round(images / calls, 2) if calls else 0.0,
+        model_p50_ms=round(float(np.percentile(model_ms, 50)), 1),
+        over_model_p50_ms=round(float(np.percentile(ms - model_ms, 50)), 1),
     )
 
 
 def format_table(results: Sequence[LevelResult]) -> str:
     head = (
         f"{'mode':<14}{'conc':>5}{'reqs':>6}{'ok':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'batch':>7}  errors"
+        f"{'batch':>7}{'model ms':>10}{'+service':>10}  errors"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         errors = ", ".join(f"{k}: {v}" for k, v in r.errors.items()) or "-"
         lines.append(
             f"{r.label:<14}{r.concurrency:>5}{r.requests:>6}{r.ok:>6}{r.requests_per_s:>9.2f}"
-            f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.mean_batch:>7.2f}  {errors}"
+            f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.mean_batch:>7.2f}{r.model_p50_ms:>10.1f}"
+            f"{r.over_model_p50_ms:>10.1f}  {errors}"
         )
     return "\n".join(lines)
 

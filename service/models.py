@@ -15,7 +15,7 @@ from ..models.eg3d.generator import TriPlaneGenerator
 from ..models.errors import ConfigError
 from ..models.mapping import LatentModel, camera_convention
 from ..models.runtime.export_files import read_export
-from ..models.runtime.onnx import OnnxMapper, OnnxStudent
+from ..models.runtime.onnx import OnnxMapper, OnnxStudent, SessionSettings
 from ..models.student import DEFAULT_POSE_RANGE, Student
 from .backends import (
     Backend,
@@ -25,8 +25,10 @@ from .backends import (
     TorchStudent,
     Volumetric,
     time_backend,
+    tune_max_batch,
 )
 from .settings import ServiceSettings
+from .student_export import GraphExporter, cached_export
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,8 @@ class ModelInfo:
     max_batch_size: int
     warmup_s_per_image: float | None = None
     candidates: dict[str, Any] = field(default_factory=dict)
+    # images/s by batch size as measured at warm-up (``tune_batch``), which set max_batch_size
+    batch_images_per_s: dict[int, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -123,8 +127,13 @@ def _load_torch(spec: str, device: str) -> tuple[Any, str, dict[str, Any]]:
     return model, sha256_file(path), {}
 
 
-def load_models(settings: ServiceSettings, device: str) -> LoadedModels:
-    """Load the configured models, time the student's backends, keep the fastest (``auto``)."""
+def load_models(
+    settings: ServiceSettings, device: str, exporter: GraphExporter | None = None
+) -> LoadedModels:
+    """Load the configured models, time the student's backends, keep the fastest (``auto``),
+    and size its batches from the same warm-up (``tune_batch``). ``exporter`` lets a PyTorch
+    student be exported to ONNX so that ONNX Runtime is among the candidates
+    (``onnx_export``)."""
     teacher = student_torch = None
     teacher_sha = student_sha = ""
     student_meta: dict[str, Any] = {}
@@ -173,11 +182,21 @@ def load_models(settings: ServiceSettings, device: str) -> LoadedModels:
         )
         loaded.volumetric = (backend, info)
 
+    limits = student_meta.get("pose_range") or (
+        (export or {}).get("source", {}).get("pose_range") or DEFAULT_STUDENT_RANGE
+    )
     candidates = _student_candidates(settings, device, student_torch)
+    if student_torch is not None and "onnxruntime" not in candidates:
+        onnx = _exported_student(settings, device, student_torch, student_sha, limits, exporter)
+        if onnx is not None:
+            candidates["onnxruntime"] = onnx
+    _check_wanted(settings, candidates)
     if candidates:
         loaded.student = _pick_student(
-            candidates, settings, device, camera, student_meta, export, student_sha
+            candidates, settings, device, camera, limits, export, student_sha
         )
+        if settings.tune_batch:
+            _tune_batch(*loaded.student, camera, settings.max_batch_size)
         if teacher is not None:
             _check_pair(loaded, student_meta, export, teacher_sha)
     return loaded
@@ -193,7 +212,9 @@ def _student_candidates(
         out["torch"] = TorchStudent(student, device, max_batch=settings.max_batch_size)
     if settings.onnx_dir is not None and wanted in ("auto", "onnxruntime"):
         try:
-            out["onnxruntime"] = OnnxStudent(settings.onnx_dir, device, settings.max_batch_size)
+            out["onnxruntime"] = OnnxStudent(
+                settings.onnx_dir, device, settings.max_batch_size, session_settings(settings)
+            )
         except Exception as exc:
             out["onnxruntime"] = f"unavailable: {exc}"
     if settings.plan_dir is not None and wanted in ("auto", "tensorrt"):
@@ -202,17 +223,55 @@ def _student_candidates(
             out["tensorrt"] = TensorRTStudent(settings.plan_dir, settings.onnx_dir, device)
         except Exception as exc:
             out["tensorrt"] = f"unavailable: {exc}"
-    if wanted != "auto":
-        chosen = out.get(wanted)
-        if chosen is None:
-            raise ConfigError(
-                f"student_backend={wanted} but nothing for it is configured "
-                "(torch: DISTILL3D_STUDENT; onnxruntime: DISTILL3D_ONNX_DIR; tensorrt: "
-                "DISTILL3D_PLAN_DIR and DISTILL3D_ONNX_DIR)"
-            )
-        if isinstance(chosen, str):
-            raise ConfigError(f"student_backend={wanted}: {chosen}")
     return out
+
+
+def session_settings(settings: ServiceSettings) -> SessionSettings:
+    return SessionSettings(
+        settings.onnx_intra_op_threads, settings.onnx_inter_op_threads, settings.onnx_cpu_arena
+    )
+
+
+def _exported_student(
+    settings: ServiceSettings,
+    device: str,
+    student: Student,
+    sha: str,
+    limits: dict[str, float],
+    exporter: GraphExporter | None,
+) -> Backend | str | None:
+    """ONNX Runtime on an export of the PyTorch student (cached), or why not; None when it is
+    not wanted (another backend asked for, ``onnx_export`` off)."""
+    if settings.student_backend not in ("auto", "onnxruntime") or not settings.onnx_export:
+        return None
+    if exporter is None:
+        return "unavailable: no exporter (start the service with `distill3d serve`)"
+    try:
+        import onnxruntime  # noqa: F401  (before exporting for nothing)
+
+        folder = cached_export(student, exporter, str(settings.student), sha, dict(limits))
+        return OnnxStudent(folder, device, settings.max_batch_size, session_settings(settings))
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.info("the student is not served through ONNX Runtime: %s", reason)
+        return f"unavailable: {reason}"
+
+
+def _check_wanted(settings: ServiceSettings, candidates: dict[str, Backend | str]) -> None:
+    """A backend asked for by name must have loaded: say what it needs, or why it failed."""
+    wanted = settings.student_backend
+    if wanted == "auto":
+        return
+    chosen = candidates.get(wanted)
+    if chosen is None:
+        raise ConfigError(
+            f"student_backend={wanted} but nothing for it is configured "
+            "(torch: DISTILL3D_STUDENT; onnxruntime: DISTILL3D_ONNX_DIR, or DISTILL3D_STUDENT "
+            "with the export extra; tensorrt: "
+            "DISTILL3D_PLAN_DIR and DISTILL3D_ONNX_DIR)"
+        )
+    if isinstance(chosen, str):
+        raise ConfigError(f"student_backend={wanted}: {chosen}")
 
 
 def _pick_student(
@@ -220,7 +279,7 @@ def _pick_student(
     settings: ServiceSettings,
     device: str,
     camera: CameraConvention,
-    student_meta: dict[str, Any],
+    limits: dict[str, float],
     export: dict[str, Any] | None,
     student_sha: str,
 ) -> tuple[Backend, ModelInfo]:
@@ -245,9 +304,6 @@ def _pick_student(
     else:
         name = next(iter(usable))
     backend = usable[name]
-    limits = student_meta.get("pose_range") or (
-        (export or {}).get("source", {}).get("pose_range") or DEFAULT_STUDENT_RANGE
-    )
     source = settings.student or str(settings.onnx_dir)
     sha = student_sha or (export or {}).get("source", {}).get("weights_sha256", "")
     info = ModelInfo(
@@ -264,6 +320,16 @@ def _pick_student(
         candidates=report,
     )
     return backend, info
+
+
+def _tune_batch(backend: Backend, info: ModelInfo, camera: CameraConvention, cap: int) -> None:
+    """Cap the student's batches at the size with the most images/s (``tune_max_batch``)."""
+    probe_c = camera.frontal().to_label().numpy().astype(np.float32)
+    best, rates = tune_max_batch(backend, probe_c, min(cap, backend.max_batch))
+    backend.max_batch = best
+    info.max_batch_size = best
+    info.batch_images_per_s = {size: round(rate, 2) for size, rate in rates.items()}
+    log.info("student batches capped at %d (images/s by batch size: %s)", best, rates)
 
 
 def _check_pair(

@@ -32,6 +32,7 @@ from .metrics import ServiceMetrics
 from .models import LoadedModels, ModelInfo, load_models
 from .schemas import LatentFields, OrbitRequest, RenderRequest
 from .settings import ServiceSettings
+from .student_export import GraphExporter
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,21 @@ def label(camera: Camera) -> np.ndarray:
 class RenderService:
     """The loaded models and their batchers, plus the request -> images logic."""
 
-    def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        metrics: ServiceMetrics,
+        exporter: GraphExporter | None = None,
+    ) -> None:
         self.settings = settings
+        self.exporter = exporter  # exports the PyTorch student for ONNX Runtime and /graphs
         self.metrics = metrics
         self.device = settings.resolved_device()
         self.models: LoadedModels | None = None
         self.batchers: dict[str, Batcher] = {}
         self.infos: dict[str, ModelInfo] = {}
         self.ready = False
+        self._frontal: np.ndarray | None = None
         self.encoder = ThreadPoolExecutor(2, thread_name_prefix="encode")
         self.inversions = Slots(settings.invert_concurrency)
         self.meshes = Slots(settings.mesh_concurrency)
@@ -103,7 +111,9 @@ class RenderService:
         loop = asyncio.get_running_loop()
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
-        self.models = await loop.run_in_executor(None, load_models, self.settings, self.device)
+        self.models = await loop.run_in_executor(
+            None, load_models, self.settings, self.device, self.exporter
+        )
         for role in ("student", "volumetric"):
             pair = getattr(self.models, role)
             if pair is not None:
@@ -147,15 +157,23 @@ class RenderService:
 
     def item(self, camera: Camera, c_cond: Camera | None, identity: Identity) -> RenderItem:
         assert self.models is not None
-        cond = c_cond if c_cond is not None else self.models.camera.frontal()
         return RenderItem(
             c=label(camera)[0],
-            c_cond=label(cond)[0],
+            c_cond=self._frontal_label() if c_cond is None else label(c_cond)[0],
             psi=identity.psi,
             z=None if identity.z is None else np.asarray(identity.z, np.float32),
             w=None if identity.w is None else np.asarray(identity.w, np.float32),
             ws=None if identity.ws is None else np.asarray(identity.ws, np.float32),
         )
+
+    def _frontal_label(self) -> np.ndarray:
+        """The default conditioning camera's label, built once (read-only: items share it);
+        building a camera costs more than the rest of a request's bookkeeping."""
+        if self._frontal is None:
+            assert self.models is not None
+            self._frontal = label(self.models.camera.frontal())[0]
+            self._frontal.flags.writeable = False
+        return self._frontal
 
     def latent(self, req: LatentFields) -> Identity:
         """The identity to render. Plain seed/z/w go to the batcher as they are (mapped and

@@ -39,9 +39,28 @@ class ServiceSettings(BaseSettings):
         "auto", description="auto = the fastest that loads, measured at warm-up"
     )
     fallback: bool = Field(True, description="render with the teacher when the student fails")
+    onnx_export: bool = Field(
+        True,
+        description="without onnx_dir: export the PyTorch student to ONNX once (cached by weights "
+        "hash in $DISTILL3D_GRAPH_CACHE_DIR) so that auto can pick ONNX Runtime; needs the export "
+        "extra and `distill3d serve`",
+    )
+    onnx_intra_op_threads: int = Field(
+        0, ge=0, le=1024, description="ONNX Runtime threads per operator (0: its default, cores)"
+    )
+    onnx_inter_op_threads: int = Field(
+        1, ge=1, le=1024, description="ONNX Runtime operators at once (1: sequential)"
+    )
+    onnx_cpu_arena: bool = Field(True, description="ONNX Runtime keeps freed CPU buffers for reuse")
 
     # Batching and limits.
-    max_batch_size: int = Field(8, ge=1, le=256)
+    max_batch_size: int = Field(8, ge=1, le=256, description="the most images in one batch")
+    tune_batch: bool = Field(
+        True,
+        description="at warm-up, time the student at batch 1, 2, 4, ... up to max_batch_size and "
+        "cap batches at the size with the most images/s (batching that is slower per image than "
+        "batch 1 is never used)",
+    )
     teacher_max_batch_size: int = Field(2, ge=1, le=64)
     max_wait_ms: float = Field(10.0, ge=0, le=1000)
     queue_size: int = Field(64, ge=1, le=100_000, description="queued images per backend")

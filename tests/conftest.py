@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from distill3d.models.eg3d.generator import TriPlaneGenerator
 from distill3d.models.load import init_generator
+
+# Services started by tests (in process or as `distill3d serve` subprocesses, which inherit the
+# environment) neither export their tiny students to ONNX at start-up nor size batches from a
+# warm-up timing: every test model has its own weights, so each start would pay for an export,
+# and tests that count batches need the batch limit they set. Both features have their own
+# tests (tests/service/test_backend_choice.py), which turn them on.
+os.environ.setdefault("DISTILL3D_ONNX_EXPORT", "0")
+os.environ.setdefault("DISTILL3D_TUNE_BATCH", "0")
 
 
 @pytest.fixture(autouse=True)

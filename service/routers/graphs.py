@@ -25,23 +25,20 @@ import gzip
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from torch import nn
 
-from ... import __version__
 from ...models.checkpoint import sha256_file
 from ...models.runtime.export_files import graph_path, read_export
 from ..dependencies import ReadyService
 from ..errors import RequestError
 from ..render_service import RenderService
+from ..student_export import GraphExporter, cached_export, export_folder, valid_export
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +78,6 @@ class Graphs:
     manifest_sha256: str
 
 
-def cache_root() -> Path:
-    """Where exports of the served student are kept between starts."""
-    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "distill3d-graphs")
-
-
 def _tensor_specs(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(inputs, outputs) of an ONNX file: name -> {shape (dims or "batch"), dtype}."""
     import onnx
@@ -103,26 +95,6 @@ def _tensor_specs(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return spec(graph.input), spec(graph.output)
 
 
-def _valid_export(folder: Path) -> bool:
-    try:
-        metadata = read_export(folder)
-        for key in GRAPH_FILES.values():
-            graph_path(folder, metadata, key)
-    except Exception:
-        return False
-    return True
-
-
-class GraphExporter(Protocol):
-    """Writes a student's browser graphs (student.onnx, mapping.onnx, export.json) to a folder.
-
-    The service cannot export by itself (it never imports ``distill3d.export``: the layers
-    point the other way); ``distill3d serve`` hands it ``export.onnx.export_browser_graphs``.
-    """
-
-    def __call__(self, student: nn.Module, folder: Path, source: dict[str, Any]) -> None: ...
-
-
 def _export_student(service: RenderService, exporter: GraphExporter | None) -> Path:
     """The export folder of the served student: --onnx-dir, or a cached export of it."""
     settings, models = service.settings, service.models
@@ -134,10 +106,25 @@ def _export_student(service: RenderService, exporter: GraphExporter | None) -> P
             "graphs", "this service has no student to run in the browser (only the teacher)"
         )
     info = service.infos["student"]
-    sha = info.sha256 or "unhashed"
-    folder = cache_root() / f"{sha[:16]}-{__version__}"
-    if _valid_export(folder):
+    folder = export_folder(info.sha256)
+    if valid_export(folder):
         return folder
+    if exporter is None:
+        raise GraphsUnavailable(
+            "graphs",
+            "this app was built without a graph exporter: serve an export with --onnx-dir, or "
+            "start it with `distill3d serve`, which exports the student for the browser",
+        )
+    pose_range = {"yaw_deg": info.pose_range.yaw_deg, "pitch_deg": info.pose_range.pitch_deg}
+    try:
+        return cached_export(
+            models.student_model, exporter, str(settings.student), info.sha256, pose_range
+        )
+    except Exception as exc:  # e.g. onnx not installed: the page renders through the server
+        log.warning("cannot export the student for the browser: %s", exc)
+        raise GraphsUnavailable(
+            "graphs", f"the student's graphs could not be exported: {exc}".splitlines()[0]
+        ) from exc
     if exporter is None:
         raise GraphsUnavailable(
             "graphs",

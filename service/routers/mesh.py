@@ -31,7 +31,7 @@ BUSY = "a mesh is being extracted (mesh_concurrency); retry shortly"
 router = APIRouter(tags=["geometry"])
 
 
-def mesh_query(request: Request) -> MeshRequest:
+async def mesh_query(request: Request) -> MeshRequest:
     """GET /mesh's query parameters as a MeshRequest (vectors comma-separated)."""
     return validate(MeshRequest, parse_query(dict(request.query_params)), "query")
 

@@ -244,7 +244,7 @@ async def render_get(service: ReadyService, req: RenderQuery, request: Request) 
 # -- /depth -------------------------------------------------------------------------------------
 
 
-def depth_query(request: Request) -> DepthRequest:
+async def depth_query(request: Request) -> DepthRequest:
     """GET /depth's query parameters as a DepthRequest (vectors comma-separated)."""
     return validate(DepthRequest, parse_query(dict(request.query_params)), "query")
 

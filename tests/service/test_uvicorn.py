@@ -36,6 +36,9 @@ def test_serve_process_answers_every_endpoint(checkpoints):
         assert result.ok == 12 and result.errors == {}
         assert result.requests_per_s > 0 and 0 < result.p50_ms <= result.p99_ms
         assert result.mean_batch >= 1
+        # The model time each response reports, and what the service added on top of it.
+        assert 0 < result.model_p50_ms < result.p50_ms
+        assert 0 < result.over_model_p50_ms < result.p50_ms
 
 
 def test_loadtest_command_compares_batching_on_and_off(checkpoints, tmp_path, capsys):
@@ -45,6 +48,7 @@ def test_loadtest_command_compares_batching_on_and_off(checkpoints, tmp_path, ca
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "batching on" in printed and "batching off" in printed and "p99 ms" in printed
+    assert "model ms" in printed and "+service" in printed
     rows = json.loads(out.read_text())
     assert [(r["label"], r["concurrency"]) for r in rows] == [
         ("batching on", 1),

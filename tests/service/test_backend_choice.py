@@ -1,0 +1,147 @@
+"""How the service picks and sizes the student's backend at warm-up: ONNX Runtime on an export
+the service makes of the PyTorch student (``onnx_export``, cached by weights hash), ONNX
+Runtime's session settings, and the batch limit chosen from measured images/s (``tune_batch``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from service_helpers import run, serving
+
+from distill3d.service.backends import batch_sizes_to_try, tune_max_batch
+from distill3d.service.models import load_models
+
+
+class SleepyBackend:
+    """A backend whose batch of n takes ``cost[n]`` seconds (sleeps are reliable timings)."""
+
+    name = "fake"
+    device = "cpu"
+    w_dim = 4
+    max_batch = 64
+
+    def __init__(self, cost: dict[int, float]) -> None:
+        self.cost = cost
+        self.calls: list[int] = []
+
+    def render(self, w: np.ndarray, c: np.ndarray) -> np.ndarray:
+        self.calls.append(len(w))
+        time.sleep(self.cost[len(w)])
+        return np.zeros((len(w), 2, 2, 3), np.uint8)
+
+
+def test_batch_sizes_to_try_double_up_to_the_cap():
+    assert batch_sizes_to_try(1) == [1]
+    assert batch_sizes_to_try(2) == [1, 2]
+    assert batch_sizes_to_try(8) == [1, 2, 4, 8]
+    assert batch_sizes_to_try(6) == [1, 2, 4, 6]
+
+
+def test_the_batch_limit_is_the_size_with_the_most_images_per_second():
+    # 2 images cost little more than 1; 4 cost more per image than 1 does (as in PyTorch on a
+    # small CPU): the limit is 2, and 8 is never tried once 4 fell below the best rate.
+    backend = SleepyBackend({1: 0.010, 2: 0.012, 4: 0.060, 8: 0.1})
+    best, rates = tune_max_batch(backend, np.zeros((1, 25), np.float32), cap=8)
+    assert best == 2
+    assert list(rates) == [1, 2, 4]
+    assert rates[2] > rates[1] > rates[4]
+    assert 8 not in backend.calls
+
+
+def test_a_backend_slower_per_image_in_any_batch_keeps_batch_one():
+    backend = SleepyBackend({1: 0.010, 2: 0.030, 4: 0.080})
+    best, _ = tune_max_batch(backend, np.zeros((1, 25), np.float32), cap=4)
+    assert best == 1
+
+
+def test_a_backend_that_batches_well_gets_the_cap():
+    backend = SleepyBackend({1: 0.020, 2: 0.021, 4: 0.022})
+    best, rates = tune_max_batch(backend, np.zeros((1, 25), np.float32), cap=4)
+    assert best == 4 and list(rates) == [1, 2, 4]
+
+
+class CountingExporter:
+    """The real browser-graph exporter, counting its calls."""
+
+    def __init__(self) -> None:
+        from distill3d.export.onnx import export_browser_graphs
+
+        self.export = export_browser_graphs
+        self.calls = 0
+
+    def __call__(self, student, folder: Path, source) -> None:
+        self.calls += 1
+        self.export(student, folder, source)
+
+
+def test_the_service_exports_the_student_once_and_times_onnx_runtime(
+    settings_for, tmp_path, monkeypatch
+):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("DISTILL3D_GRAPH_CACHE_DIR", str(tmp_path / "graphs"))
+    exporter = CountingExporter()
+    settings = settings_for(onnx_export=True, tune_batch=True, max_batch_size=4)
+    loaded = load_models(settings, "cpu", exporter)
+    backend, info = loaded.student
+    assert exporter.calls == 1
+    assert set(info.candidates) == {"torch", "onnxruntime"}
+    assert all("ms per image" in v for v in info.candidates.values()), info.candidates
+    # The batch limit is the measured best of 1, 2, 4 (or where the timing stopped).
+    assert info.batch_images_per_s and set(info.batch_images_per_s) <= {1, 2, 4}
+    rates = info.batch_images_per_s
+    assert info.max_batch_size == max(rates, key=rates.get) == backend.max_batch
+    # A second start finds the export in the cache.
+    load_models(settings, "cpu", exporter)
+    assert exporter.calls == 1
+
+
+def test_onnxruntime_asked_for_by_name_serves_the_exported_student(
+    settings_for, tmp_path, monkeypatch
+):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("DISTILL3D_GRAPH_CACHE_DIR", str(tmp_path / "graphs"))
+
+    async def scenario():
+        settings = settings_for(onnx_export=True, student_backend="onnxruntime")
+        async with serving(settings) as client:
+            r = await client.get("/render", params={"seed": 3, "yaw": 10})
+            assert r.status_code == 200 and r.headers["x-backend"] == "onnxruntime"
+            # /graphs offers the very export the service renders with.
+            manifest = (await client.get("/graphs/manifest.json")).json()
+            assert manifest["source"] == "exported"
+
+    run(scenario())
+
+
+def test_an_export_that_fails_leaves_the_torch_student_serving(settings_for, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL3D_GRAPH_CACHE_DIR", str(tmp_path / "graphs"))
+
+    def broken(student, folder, source):
+        raise RuntimeError("the graph failed its verification\nmore detail")
+
+    loaded = load_models(settings_for(onnx_export=True), "cpu", broken)
+    _, info = loaded.student
+    assert info.backend == "torch"
+    assert info.candidates["onnxruntime"] == "unavailable: the graph failed its verification"
+
+
+def test_onnxruntime_by_name_without_any_way_to_get_a_graph_is_a_config_error(settings_for):
+    from distill3d.models.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="student_backend=onnxruntime: unavailable: no exporter"):
+        load_models(settings_for(onnx_export=True, student_backend="onnxruntime"), "cpu", None)
+
+
+def test_onnx_session_settings_reach_the_session(checkpoints):
+    pytest.importorskip("onnxruntime")
+    from distill3d.models.runtime.onnx import OnnxStudent, SessionSettings
+
+    settings = SessionSettings(intra_op_threads=1, inter_op_threads=1, cpu_arena=False)
+    student = OnnxStudent(checkpoints["export"], "cpu", session=settings)
+    options = student.session.get_session_options()
+    assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+    assert options.enable_cpu_mem_arena is False
