@@ -160,10 +160,14 @@ class Volumetric:
         return batch_to_uint8(out["image"])
 
 
-def time_backend(backend: Backend, w: np.ndarray, c: np.ndarray, repeats: int = 3) -> float:
+def time_backend(
+    backend: Backend, w: np.ndarray, c: np.ndarray, repeats: int = 3, warm: bool = True
+) -> float:
     """Median seconds of one render of the batch ``w``, ``c`` (after one untimed call, which
-    allocates and picks kernels): how ``auto`` compares backends and sizes batches."""
-    backend.render(w, c)
+    allocates and picks kernels, unless ``warm`` is False): how ``auto`` compares backends and
+    sizes batches."""
+    if warm:
+        backend.render(w, c)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

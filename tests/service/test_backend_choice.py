@@ -145,3 +145,20 @@ def test_onnx_session_settings_reach_the_session(checkpoints):
     options = student.session.get_session_options()
     assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
     assert options.enable_cpu_mem_arena is False
+
+
+def test_the_race_keeps_each_backends_fastest_round_and_reports_failures():
+    from distill3d.service.models import race_backends
+
+    class Broken(SleepyBackend):
+        def render(self, w, c):
+            raise RuntimeError("no kernel for this op")
+
+    slow, fast = SleepyBackend({1: 0.03}), SleepyBackend({1: 0.01})
+    times, failures = race_backends(
+        {"slow": slow, "fast": fast, "broken": Broken({})}, np.zeros((1, 25), np.float32), rounds=3
+    )
+    assert set(times) == {"slow", "fast"} and times["fast"] < times["slow"]
+    assert 0.01 <= times["fast"] < 0.03 <= times["slow"]
+    assert failures == {"broken": "failed its warm-up: no kernel for this op"}
+    assert slow.calls == fast.calls == [1, 1, 1, 1]  # one untimed call, then one per round
