@@ -4,8 +4,9 @@ For each concurrency level it sends a fixed number of /render requests from that
 concurrent clients and reports requests/s, p50/p99 latency, errors by status, the mean batch
 size the service formed (from /metrics before and after), and what the service adds to the model:
 the p50 of the model time each response reports (``X-Model-Time-Ms``: its batch's mapping and
-render) and the p50 of latency minus that time, per response (queueing, HTTP, validation,
-encoding, and the client's own share of the CPU). ``spawn_service`` starts a service in
+render), the p50 of latency minus that time per response (queueing, HTTP, validation,
+encoding, and the client's own share of the CPU), and the p50 of the same inside the service
+(``Server-Timing``'s ``app`` minus the model: what the service itself adds). ``spawn_service`` starts a service in
 a subprocess on a free loopback port, so batching on and off can be compared in one command.
 """
 
@@ -46,6 +47,7 @@ class LevelResult:
     mean_batch: float
     model_p50_ms: float = float("nan")
     over_model_p50_ms: float = float("nan")
+    server_over_model_p50_ms: float = float("nan")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +97,7 @@ async def run_level(
     base = dict(params or {"yaw": 20, "pitch": 5})
     latencies: list[float] = []
     model_times: list[float] = []
+    app_times: list[float] = []
     statuses: Counter[str] = Counter()
     next_index = 0
     seed_base = secrets.randbelow(2**31) if first_seed is None else first_seed
@@ -116,6 +119,7 @@ async def run_level(
                     if r.status_code == 200:
                         latencies.append(time.perf_counter() - start)
                         model_times.append(float(r.headers.get("x-model-time-ms", "nan")) / 1000)
+                        app_times.append(_app_seconds(r.headers.get("server-timing", "")))
                 except httpx.HTTPError as exc:
                     statuses[type(exc).__name__] += 1
 
@@ -127,6 +131,7 @@ async def run_level(
     ok = statuses.pop("200", 0)
     ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     model_ms = np.array(model_times) * 1000 if model_times else np.array([np.nan])
+    app_ms = np.array(app_times) * 1000 if app_times else np.array([np.nan])
     return LevelResult(
         label=label,
         concurrency=concurrency,
@@ -140,13 +145,26 @@ async def run_level(
         mean_batch=round(images / calls, 2) if calls else 0.0,
         model_p50_ms=round(float(np.percentile(model_ms, 50)), 1),
         over_model_p50_ms=round(float(np.percentile(ms - model_ms, 50)), 1),
+        server_over_model_p50_ms=round(float(np.percentile(app_ms - model_ms, 50)), 1),
     )
+
+
+def _app_seconds(server_timing: str) -> float:
+    """``app``'s duration in a Server-Timing header, in seconds (NaN when absent)."""
+    for metric in server_timing.split(","):
+        name, _, params = metric.strip().partition(";")
+        if name == "app":
+            for param in params.split(";"):
+                key, _, value = param.strip().partition("=")
+                if key == "dur":
+                    return float(value) / 1000
+    return float("nan")
 
 
 def format_table(results: Sequence[LevelResult]) -> str:
     head = (
         f"{'mode':<14}{'conc':>5}{'reqs':>6}{'ok':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'batch':>7}{'model ms':>10}{'+service':>10}  errors"
+        f"{'batch':>7}{'model ms':>10}{'+client':>9}{'+server':>9}  errors"
     )
     lines = [head, "-" * len(head)]
     for r in results:
@@ -154,7 +172,7 @@ def format_table(results: Sequence[LevelResult]) -> str:
         lines.append(
             f"{r.label:<14}{r.concurrency:>5}{r.requests:>6}{r.ok:>6}{r.requests_per_s:>9.2f}"
             f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.mean_batch:>7.2f}{r.model_p50_ms:>10.1f}"
-            f"{r.over_model_p50_ms:>10.1f}  {errors}"
+            f"{r.over_model_p50_ms:>9.1f}{r.server_over_model_p50_ms:>9.1f}  {errors}"
         )
     return "\n".join(lines)
 

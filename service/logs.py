@@ -90,6 +90,17 @@ class RequestLog:
     def add_encode(self, seconds: float) -> None:
         self.encode_ms = (self.encode_ms or 0.0) + seconds * 1000
 
+    def server_timing(self, app_ms: float) -> str:
+        """The W3C ``Server-Timing`` header: ``app`` (request received -> response started),
+        then the queue wait, model and encoding times this request had (browsers' developer
+        tools show them; the load test subtracts the model from ``app``)."""
+        parts = [f"app;dur={app_ms:.2f}"]
+        for name in ("queue", "model", "encode"):
+            value = getattr(self, f"{name}_ms")
+            if value is not None:
+                parts.append(f"{name};dur={value:.2f}")
+        return ", ".join(parts)
+
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "request_id": self.request_id,

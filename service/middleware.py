@@ -203,7 +203,8 @@ class RequestContext:
 
     The id is the client's ``X-Request-ID`` when valid (``logs.request_id``), else a new one;
     it is bound for the request's log lines and sent back on every response, the API key
-    guard's 401s and the error answers included. An exception nothing else handled is logged
+    guard's 401s and the error answers included, with a ``Server-Timing`` header (time in the
+    app, queue wait, model, encoding). An exception nothing else handled is logged
     here, with the id, and answered 500 with the id (Starlette's own handler sits outside every
     middleware, so its 500 would carry neither).
     """
@@ -231,12 +232,18 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 started = True
                 entry.status = int(message["status"])
-                sent = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                ours = (b"x-request-id", b"server-timing")
+                sent = [(k, v) for k, v in message.get("headers", []) if k not in ours]
                 backend = dict(sent).get(b"x-backend")
                 entry.backend = None if backend is None else backend.decode("latin-1")
+                timing = entry.server_timing((time.perf_counter() - start) * 1000)
                 message = {
                     **message,
-                    "headers": [*sent, (b"x-request-id", entry.request_id.encode())],
+                    "headers": [
+                        *sent,
+                        (b"x-request-id", entry.request_id.encode()),
+                        (b"server-timing", timing.encode()),
+                    ],
                 }
             elif message["type"] == "http.response.body":
                 entry.bytes += len(message.get("body", b""))

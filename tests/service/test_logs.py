@@ -91,3 +91,25 @@ def test_text_format_and_uvicorn_access_log_folded(settings_for) -> None:
     server = build_server(settings_for(log_format="text"))
     assert server.config.access_log is False
     assert server.config.log_config["formatters"]["default"]["()"] is TextFormatter
+
+
+def test_server_timing_names_the_app_queue_model_and_encode_times(settings_for) -> None:
+    def durations(header: str) -> dict[str, float]:
+        out = {}
+        for metric in header.split(","):
+            name, _, param = metric.strip().partition(";dur=")
+            out[name] = float(param)
+        return out
+
+    async def scenario() -> None:
+        async with serving(settings_for(render_cache_bytes=0)) as client:
+            r = await client.get("/render", params={"seed": 4, "yaw": 10})
+            timing = durations(r.headers["server-timing"])
+            assert list(timing) == ["app", "queue", "model", "encode"]
+            assert timing["app"] >= timing["model"] + timing["encode"] > 0
+            assert abs(timing["model"] - float(r.headers["x-model-time-ms"])) < 0.06
+            # Requests that run no model say only how long the app took.
+            health = durations((await client.get("/healthz")).headers["server-timing"])
+            assert list(health) == ["app"] and health["app"] >= 0
+
+    run(scenario())

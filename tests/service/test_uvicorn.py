@@ -39,6 +39,7 @@ def test_serve_process_answers_every_endpoint(checkpoints):
         # The model time each response reports, and what the service added on top of it.
         assert 0 < result.model_p50_ms < result.p50_ms
         assert 0 < result.over_model_p50_ms < result.p50_ms
+        assert 0 < result.server_over_model_p50_ms <= result.over_model_p50_ms
 
 
 def test_loadtest_command_compares_batching_on_and_off(checkpoints, tmp_path, capsys):
@@ -48,7 +49,7 @@ def test_loadtest_command_compares_batching_on_and_off(checkpoints, tmp_path, ca
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "batching on" in printed and "batching off" in printed and "p99 ms" in printed
-    assert "model ms" in printed and "+service" in printed
+    assert "model ms" in printed and "+client" in printed and "+server" in printed
     rows = json.loads(out.read_text())
     assert [(r["label"], r["concurrency"]) for r in rows] == [
         ("batching on", 1),
