@@ -460,11 +460,12 @@ def plot_report(report: BenchReport, path: Path, size: tuple[int, int] = (1200, 
 
 def preset_models(preset_name: str, seed: int) -> tuple[TriPlaneGenerator, Student]:
     """A random-weight teacher of a preset architecture and the student mirroring it, so the
-    official architectures can be timed without their weights."""
+    official architectures can be timed without their weights. A light student preset
+    (``ffhq512-light``, ...) comes with the teacher it distils."""
     from ..models.load import init_generator
-    from ..models.student import student_from_teacher, student_preset
+    from ..models.student import student_from_teacher, student_preset, teacher_preset_of
 
-    teacher = init_generator(preset_name, seed=seed)
+    teacher = init_generator(teacher_preset_of(preset_name), seed=seed)
     return teacher, student_from_teacher(teacher, student_preset(preset_name))
 
 

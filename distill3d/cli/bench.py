@@ -23,8 +23,9 @@ def add_bench(sub: SubParsers) -> None:
     p.add_argument("--student", help="'default-student' or a student checkpoint folder")
     p.add_argument(
         "--preset",
-        choices=["ffhq512", "afhq512", "shapenet128", "tiny"],
-        help="random-weight teacher and student of this architecture (instead of checkpoints)",
+        choices=["ffhq512", "ffhq512-light", "ffhq512-lighter", "afhq512", "shapenet128", "tiny"],
+        help="random-weight teacher and student of this architecture (instead of checkpoints); "
+        "the light ones are a light student with the full teacher",
     )
     p.add_argument("--onnx-dir", type=Path, help="an export folder: add ONNX Runtime")
     p.add_argument(

@@ -77,3 +77,15 @@ def test_a_light_student_exports_to_onnx_and_matches_pytorch(tmp_path):
         want = student.synthesis(w, c, noise_mode="const", fused_modconv=False)["image"].numpy()
     assert got.shape == want.shape
     assert np.abs(got - want).max() < 1e-3
+
+
+def test_the_bench_measures_a_light_preset_with_its_full_teacher():
+    from distill3d.export.bench import preset_models
+
+    teacher, student = preset_models("ffhq512-lighter", seed=0)
+    assert teacher.config.img_resolution == 512 and student.config.img_resolution == 512
+    assert student.config.channel_base == LIGHT_STUDENTS["ffhq512-lighter"][1]
+    # The student's frozen mapping is the teacher's: a seed names one identity in both.
+    z = torch.randn(2, teacher.z_dim, generator=torch.Generator().manual_seed(0))
+    c = torch.zeros(2, 25)
+    assert torch.equal(teacher.mapping(z, c), student.mapping(z, c))
