@@ -217,6 +217,20 @@ def _student_candidates(
             )
         except Exception as exc:
             out["onnxruntime"] = f"unavailable: {exc}"
+    if settings.onnx_dir is not None and (
+        wanted == "onnxruntime-int8"
+        or (wanted == "auto" and _has_int8(settings.onnx_dir) and not device.startswith("cuda"))
+    ):
+        try:
+            out["onnxruntime-int8"] = OnnxStudent(
+                settings.onnx_dir,
+                device,
+                settings.max_batch_size,
+                session_settings(settings),
+                int8=True,
+            )
+        except Exception as exc:
+            out["onnxruntime-int8"] = f"unavailable: {exc}"
     if settings.plan_dir is not None and wanted in ("auto", "tensorrt"):
         try:
             assert settings.onnx_dir is not None
@@ -224,6 +238,14 @@ def _student_candidates(
         except Exception as exc:
             out["tensorrt"] = f"unavailable: {exc}"
     return out
+
+
+def _has_int8(export_dir: Path) -> bool:
+    """Whether an export holds an INT8 graph (auto times it beside FP32 on the CPU)."""
+    try:
+        return "student_int8" in read_export(export_dir)["graphs"]
+    except Exception:
+        return False
 
 
 def session_settings(settings: ServiceSettings) -> SessionSettings:
@@ -267,7 +289,8 @@ def _check_wanted(settings: ServiceSettings, candidates: dict[str, Backend | str
         raise ConfigError(
             f"student_backend={wanted} but nothing for it is configured "
             "(torch: DISTILL3D_STUDENT; onnxruntime: DISTILL3D_ONNX_DIR, or DISTILL3D_STUDENT "
-            "with the export extra; tensorrt: "
+            "with the export extra; onnxruntime-int8: DISTILL3D_ONNX_DIR with an INT8 graph; "
+            "tensorrt: "
             "DISTILL3D_PLAN_DIR and DISTILL3D_ONNX_DIR)"
         )
     if isinstance(chosen, str):

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..models.config_files import read_config_file
 
-StudentBackendName = Literal["auto", "torch", "onnxruntime", "tensorrt"]
+StudentBackendName = Literal["auto", "torch", "onnxruntime", "onnxruntime-int8", "tensorrt"]
 
 
 class ServiceSettings(BaseSettings):

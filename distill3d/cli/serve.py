@@ -28,7 +28,10 @@ def add_serve(sub: SubParsers) -> None:
     p.add_argument("--plan-dir", type=Path, help="a TensorRT plan folder")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument(
-        "--student-backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default=None
+        "--student-backend",
+        choices=["auto", "torch", "onnxruntime", "onnxruntime-int8", "tensorrt"],
+        default=None,
+        help="auto: the fastest at warm-up (the settings' StudentBackendName)",
     )
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--teacher-max-batch-size", type=int)

@@ -74,10 +74,16 @@ class SessionSettings:
         return options
 
 
-class OnnxStudent:
-    """The exported student graph in ONNX Runtime: CPU, or CUDA with onnxruntime-gpu."""
+INT8_KEY = "student_int8"
 
-    name = "onnxruntime"
+
+class OnnxStudent:
+    """The exported student graph in ONNX Runtime: CPU, or CUDA with onnxruntime-gpu.
+
+    ``int8`` runs the export's INT8 graph instead (``distill3d export int8``: static QDQ
+    quantization, verified against FP32), on the CPU only, as backend ``onnxruntime-int8``.
+    """
+
     role = "student"
     supports_ws = False
 
@@ -87,16 +93,27 @@ class OnnxStudent:
         device: str,
         max_batch: int = 64,
         session: SessionSettings | None = None,
+        int8: bool = False,
     ) -> None:
         ort = _onnxruntime()
         metadata = read_export(export_dir)
-        key, providers = _student_graph(metadata, device, ort.get_available_providers())
+        if int8:
+            if device.startswith("cuda"):
+                raise BackendUnavailable("the INT8 graph is for ONNX Runtime's CPU provider")
+            if INT8_KEY not in metadata["graphs"]:
+                raise BackendUnavailable(
+                    f"{export_dir} has no INT8 graph: add one with distill3d export int8 --onnx DIR"
+                )
+            key, providers = INT8_KEY, ["CPUExecutionProvider"]
+        else:
+            key, providers = _student_graph(metadata, device, ort.get_available_providers())
         options = (session or SessionSettings()).options(ort)
         self.session = ort.InferenceSession(
             str(graph_path(export_dir, metadata, key)), options, providers=providers
         )
+        self.name = "onnxruntime-int8" if int8 else "onnxruntime"
         self.device = device
-        self.precision = "fp16" if key == "student_fp16" else "fp32"
+        self.precision = {"student_fp16": "fp16", INT8_KEY: "int8"}.get(key, "fp32")
         self.max_batch = min(max_batch, int(metadata.get("max_batch", 1024)))
         self.w_dim = int(metadata["graphs"]["student"]["inputs"]["w"][1])
         self.img_resolution = int(metadata["img_resolution"])

@@ -162,3 +162,65 @@ def test_the_race_keeps_each_backends_fastest_round_and_reports_failures():
     assert 0.01 <= times["fast"] < 0.03 <= times["slow"]
     assert failures == {"broken": "failed its warm-up: no kernel for this op"}
     assert slow.calls == fast.calls == [1, 1, 1, 1]  # one untimed call, then one per round
+
+
+@pytest.fixture(scope="module")
+def int8_export(checkpoints, tmp_path_factory) -> Path:
+    """A copy of the tiny export with a (quickly calibrated) INT8 graph."""
+    import shutil
+
+    pytest.importorskip("onnxruntime")
+    from distill3d.export.int8 import Int8Settings, add_int8_graph
+
+    folder = tmp_path_factory.mktemp("int8") / "export"
+    shutil.copytree(checkpoints["export"], folder)
+    fast = Int8Settings(calibration_samples=8, calibration_batch=4)
+    add_int8_graph(folder, min_psnr_db=15.0, settings=fast, batch_sizes=(1,))
+    return folder
+
+
+def test_auto_times_the_int8_graph_and_it_can_be_chosen_by_name(settings_for, int8_export):
+    loaded = load_models(settings_for(onnx_dir=int8_export), "cpu")
+    _, info = loaded.student
+    assert set(info.candidates) == {"torch", "onnxruntime", "onnxruntime-int8"}
+    assert all("ms per image" in v for v in info.candidates.values()), info.candidates
+
+    async def scenario():
+        settings = settings_for(onnx_dir=int8_export, student_backend="onnxruntime-int8")
+        async with serving(settings) as client:
+            r = await client.get("/render", params={"seed": 3, "yaw": 10})
+            assert r.status_code == 200 and r.headers["x-backend"] == "onnxruntime-int8"
+            student = next(
+                m
+                for m in (await client.get("/v1/models")).json()["models"]
+                if m["role"] == "student"
+            )
+            assert student["precision"] == "int8"
+
+    run(scenario())
+
+
+def test_int8_by_name_without_an_int8_graph_says_how_to_make_one(settings_for, checkpoints):
+    pytest.importorskip("onnxruntime")
+    from distill3d.models.errors import ConfigError
+
+    settings = settings_for(onnx_dir=checkpoints["export"], student_backend="onnxruntime-int8")
+    with pytest.raises(ConfigError, match="no INT8 graph: add one with distill3d export int8"):
+        load_models(settings, "cpu")
+
+
+def test_the_serve_command_offers_every_backend_the_settings_accept():
+    import argparse
+    from typing import get_args
+
+    from distill3d.cli.serve import add_serve
+    from distill3d.service.settings import StudentBackendName
+
+    parser = argparse.ArgumentParser()
+    add_serve(parser.add_subparsers())
+    action = next(
+        a
+        for a in parser._subparsers._group_actions[0].choices["serve"]._actions  # type: ignore[union-attr]
+        if "--student-backend" in a.option_strings
+    )
+    assert list(action.choices) == list(get_args(StudentBackendName))
