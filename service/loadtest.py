@@ -210,9 +210,12 @@ def wait_until_ready(
 
 @contextmanager
 def spawn_service(
-    args: Sequence[str] = (), env: dict[str, str] | None = None, ready_timeout_s: float = 120.0
+    args: Sequence[str] = (), env: dict[str, str] | None = None, ready_timeout_s: float = 900.0
 ) -> Iterator[str]:
-    """Run ``distill3d serve ARGS`` on a free loopback port; yields its base URL once ready."""
+    """Run ``distill3d serve ARGS`` on a free loopback port; yields its base URL once ready.
+
+    The wait is long because a first start may export a full-size student to ONNX (3.5 minutes
+    for FFHQ-512 on 2 CPU cores); it ends at once if the service exits."""
     port = free_port()
     cmd = [sys.executable, "-m", "distill3d.cli", "serve", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--log-level", "warning", *args]
