@@ -195,7 +195,7 @@ def load_models(
         loaded.student = _pick_student(
             candidates, settings, device, camera, limits, export, student_sha
         )
-        if settings.tune_batch:
+        if settings.tune_batch and settings.warmup:  # no warm-up asked for: no timing either
             _tune_batch(*loaded.student, camera, settings.max_batch_size)
         if teacher is not None:
             _check_pair(loaded, student_meta, export, teacher_sha)

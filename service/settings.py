@@ -59,7 +59,7 @@ class ServiceSettings(BaseSettings):
         True,
         description="at warm-up, time the student at batch 1, 2, 4, ... up to max_batch_size and "
         "cap batches at the size with the most images/s (batching that is slower per image than "
-        "batch 1 is never used)",
+        "batch 1 is never used); skipped when warmup is off",
     )
     teacher_max_batch_size: int = Field(2, ge=1, le=64)
     max_wait_ms: float = Field(10.0, ge=0, le=1000)
