@@ -224,3 +224,37 @@ def test_the_serve_command_offers_every_backend_the_settings_accept():
         if "--student-backend" in a.option_strings
     )
     assert list(action.choices) == list(get_args(StudentBackendName))
+
+
+def test_a_light_student_builds_exports_and_serves(tmp_path, monkeypatch):
+    """``demo-light`` (a light preset at the demo world's size), from the shipped teacher,
+    served through ONNX Runtime on an export the service makes of it."""
+    pytest.importorskip("onnxruntime")
+    import io
+
+    from PIL import Image
+
+    from distill3d.models.checkpoint import save_checkpoint
+    from distill3d.models.load import default_model
+    from distill3d.models.student import student_from_teacher, student_preset
+    from distill3d.service.settings import ServiceSettings
+
+    monkeypatch.setenv("DISTILL3D_GRAPH_CACHE_DIR", str(tmp_path / "graphs"))
+    student = student_from_teacher(default_model(), student_preset("demo-light")).eval()
+    save_checkpoint(student, tmp_path / "light")
+    settings = ServiceSettings(
+        teacher="default",
+        student=str(tmp_path / "light"),
+        device="cpu",
+        onnx_export=True,
+        student_backend="onnxruntime",
+    )
+
+    async def scenario():
+        async with serving(settings) as client:
+            r = await client.get("/render", params={"seed": 0, "yaw": 30})
+            assert r.status_code == 200 and r.headers["x-backend"] == "onnxruntime"
+            assert Image.open(io.BytesIO(r.content)).size == (128, 128)
+            assert "x-fallback" not in r.headers
+
+    run(scenario())
