@@ -528,8 +528,9 @@ def bench_runners(
         if onnx_dir is not None:
             runners.append(student_onnx_runner(onnx_dir, device, flops))
             from ..models.runtime.export_files import read_export
+            from ..models.runtime.onnx import INT8_KEY
 
-            if not device.startswith("cuda") and "student_int8" in read_export(onnx_dir)["graphs"]:
+            if not device.startswith("cuda") and INT8_KEY in read_export(onnx_dir)["graphs"]:
                 from .int8 import student_int8_runner  # the graph distill3d export int8 adds
 
                 runners.append(student_int8_runner(onnx_dir, flops))

@@ -31,12 +31,12 @@ import numpy as np
 
 from ..models.runtime.errors import ExportError
 from ..models.runtime.export_files import graph_path, read_export
+from ..models.runtime.onnx import INT8_KEY
 from ..models.student import DEFAULT_POSE_RANGE
 from .fp16 import psnr_db
 from .onnx import VERIFY_BATCH_SIZES, install_student_variant
 
 STUDENT_INT8_GRAPH = "student_int8.onnx"
-INT8_KEY = "student_int8"
 DEFAULT_MIN_INT8_PSNR_DB = 30.0  # below FP16's 40 dB: 8-bit activations cost ~10 dB more
 QUANTIZED_OPS = ("Conv", "ConvTranspose")
 PSI_RANGE = (0.5, 1.0)  # truncation the service is used with

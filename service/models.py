@@ -15,7 +15,7 @@ from ..models.eg3d.generator import TriPlaneGenerator
 from ..models.errors import ConfigError
 from ..models.mapping import LatentModel, camera_convention
 from ..models.runtime.export_files import read_export
-from ..models.runtime.onnx import OnnxMapper, OnnxStudent, SessionSettings
+from ..models.runtime.onnx import INT8_KEY, OnnxMapper, OnnxStudent, SessionSettings
 from ..models.student import DEFAULT_POSE_RANGE, Student
 from .backends import (
     Backend,
@@ -192,11 +192,13 @@ def load_models(
             candidates["onnxruntime"] = onnx
     _check_wanted(settings, candidates)
     if candidates:
+        # Every timing renders the frontal view (one camera label [1, 25]).
+        probe_c = camera.frontal().to_label().numpy().astype(np.float32)
         loaded.student = _pick_student(
-            candidates, settings, device, camera, limits, export, student_sha
+            candidates, settings, device, camera, probe_c, limits, export, student_sha
         )
         if settings.tune_batch and settings.warmup:  # no warm-up asked for: no timing either
-            _tune_batch(*loaded.student, camera, settings.max_batch_size)
+            _tune_batch(*loaded.student, probe_c, settings.max_batch_size)
         if teacher is not None:
             _check_pair(loaded, student_meta, export, teacher_sha)
     return loaded
@@ -243,7 +245,7 @@ def _student_candidates(
 def _has_int8(export_dir: Path) -> bool:
     """Whether an export holds an INT8 graph (auto times it beside FP32 on the CPU)."""
     try:
-        return "student_int8" in read_export(export_dir)["graphs"]
+        return INT8_KEY in read_export(export_dir)["graphs"]
     except Exception:
         return False
 
@@ -290,8 +292,7 @@ def _check_wanted(settings: ServiceSettings, candidates: dict[str, Backend | str
             f"student_backend={wanted} but nothing for it is configured "
             "(torch: DISTILL3D_STUDENT; onnxruntime: DISTILL3D_ONNX_DIR, or DISTILL3D_STUDENT "
             "with the export extra; onnxruntime-int8: DISTILL3D_ONNX_DIR with an INT8 graph; "
-            "tensorrt: "
-            "DISTILL3D_PLAN_DIR and DISTILL3D_ONNX_DIR)"
+            "tensorrt: DISTILL3D_PLAN_DIR and DISTILL3D_ONNX_DIR)"
         )
     if isinstance(chosen, str):
         raise ConfigError(f"student_backend={wanted}: {chosen}")
@@ -302,6 +303,7 @@ def _pick_student(
     settings: ServiceSettings,
     device: str,
     camera: CameraConvention,
+    probe_c: np.ndarray,
     limits: dict[str, float],
     export: dict[str, Any] | None,
     student_sha: str,
@@ -312,7 +314,6 @@ def _pick_student(
         raise ConfigError("no student backend could load: " + "; ".join(report.values()))
     timings: dict[str, float] = {}
     if len(usable) > 1:
-        probe_c = camera.frontal().to_label().numpy().astype(np.float32)
         timings, failures = race_backends(usable, probe_c)
         report.update(failures)
         report.update({k: f"{t * 1000:.1f} ms per image at batch 1" for k, t in timings.items()})
@@ -366,9 +367,8 @@ def race_backends(
     return best, failures
 
 
-def _tune_batch(backend: Backend, info: ModelInfo, camera: CameraConvention, cap: int) -> None:
+def _tune_batch(backend: Backend, info: ModelInfo, probe_c: np.ndarray, cap: int) -> None:
     """Cap the student's batches at the size with the most images/s (``tune_max_batch``)."""
-    probe_c = camera.frontal().to_label().numpy().astype(np.float32)
     best, rates = tune_max_batch(backend, probe_c, min(cap, backend.max_batch))
     backend.max_batch = best
     info.max_batch_size = best

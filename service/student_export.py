@@ -33,7 +33,7 @@ EXPORTER_LOGGERS = {
     "onnx_ir": logging.WARNING,
     "torch.onnx": logging.ERROR,
 }
-GRAPH_KEYS = ("student", "mapping")
+GRAPH_FILES = {"student.onnx": "student", "mapping.onnx": "mapping"}  # file name -> graph key
 
 
 class GraphExporter(Protocol):
@@ -52,7 +52,7 @@ def valid_export(folder: Path) -> bool:
     """Whether ``folder`` holds a complete export (metadata and both graphs)."""
     try:
         metadata = read_export(folder)
-        for key in GRAPH_KEYS:
+        for key in GRAPH_FILES.values():
             graph_path(folder, metadata, key)
     except Exception:
         return False

@@ -169,13 +169,13 @@ def cmd_export_fp16(args: argparse.Namespace) -> None:
 
 
 def cmd_export_int8(args: argparse.Namespace) -> None:
-    from ..export.int8 import Int8Settings, add_int8_graph
+    from ..export.int8 import INT8_KEY, Int8Settings, add_int8_graph
 
     settings = Int8Settings(
         calibration_samples=args.samples, method=args.method, per_channel=not args.per_tensor
     )
     metadata = add_int8_graph(args.onnx, min_psnr_db=args.min_psnr, settings=settings)
-    graph = metadata["graphs"]["student_int8"]
+    graph = metadata["graphs"][INT8_KEY]
     values = [v for v in graph["verification"]["psnr_db"].values() if v != "inf"]
     worst = f"min PSNR {min(values):.1f} dB" if values else "identical"
     print(f"{args.onnx / graph['file']}: verified against student.onnx at batch 1, 2, 5, {worst}")

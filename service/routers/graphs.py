@@ -20,7 +20,6 @@ onnxruntime-web may use WASM threads (SharedArrayBuffer).
 from __future__ import annotations
 
 import asyncio
-import copy
 import gzip
 import hashlib
 import json
@@ -38,15 +37,19 @@ from ...models.runtime.export_files import graph_path, read_export
 from ..dependencies import ReadyService
 from ..errors import RequestError
 from ..render_service import RenderService
-from ..student_export import GraphExporter, cached_export, export_folder, valid_export
+from ..student_export import (
+    GRAPH_FILES,
+    GraphExporter,
+    cached_export,
+    export_folder,
+    valid_export,
+)
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["graphs"])
 
 VENDOR_DIR = Path(__file__).resolve().parent.parent / "static" / "vendor" / "onnxruntime-web"
-CACHE_ENV = "DISTILL3D_GRAPH_CACHE_DIR"
-GRAPH_FILES = {"student.onnx": "student", "mapping.onnx": "mapping"}
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Embedder-Policy": "require-corp",
@@ -125,27 +128,6 @@ def _export_student(service: RenderService, exporter: GraphExporter | None) -> P
         raise GraphsUnavailable(
             "graphs", f"the student's graphs could not be exported: {exc}".splitlines()[0]
         ) from exc
-    if exporter is None:
-        raise GraphsUnavailable(
-            "graphs",
-            "this app was built without a graph exporter: serve an export with --onnx-dir, or "
-            "start it with `distill3d serve`, which exports the student for the browser",
-        )
-    log.info("exporting the student's graphs for the browser into %s", folder)
-    student = copy.deepcopy(models.student_model)  # export moves it to CPU float32
-    source = {
-        "path": str(settings.student),
-        "weights_sha256": info.sha256,
-        "pose_range": {"yaw_deg": info.pose_range.yaw_deg, "pitch_deg": info.pose_range.pitch_deg},
-    }
-    try:
-        exporter(student, folder, source)
-    except Exception as exc:  # e.g. onnx not installed: the page renders through the server
-        log.warning("cannot export the student for the browser: %s", exc)
-        raise GraphsUnavailable(
-            "graphs", f"the student's graphs could not be exported: {exc}".splitlines()[0]
-        ) from exc
-    return folder
 
 
 def build_graphs(service: RenderService, exporter: GraphExporter | None = None) -> Graphs:

@@ -231,7 +231,7 @@ def _nearest_hits(
     the ellipsoid's index [M], and the rays in every ellipsoid's unit-sphere frame [M, K, 3].
 
     The change of frame x -> inv_k (x - c_k) of all K ellipsoids is one [M, 3] x [3, 3K] matrix
-    product (a batched einsum of 3x3 matrices was most of the demo teacher's step time).
+    product (a batched einsum of 3x3 matrices was most of the ground truth's render time).
     """
     inv, c = scenes.inverse[i], scenes.centre[i]  # [K, 3, 3], [K, 3]
     k_count = len(c)
