@@ -185,6 +185,26 @@ class Camera:
         intrinsics = intrinsics_matrix(focal).expand(origin.shape[0], 3, 3).clone()
         return cls(cam2world, intrinsics)
 
+    def turned(self, yaw_deg: float | torch.Tensor, pivot: Sequence[float]) -> Camera:
+        """These cameras carried ``yaw_deg`` further around the vertical axis through ``pivot``:
+        ``orbit(yaw, ...).turned(d, pivot)`` is ``orbit(yaw + d, ...)`` for an orbit around
+        ``pivot``, and any pose (a dataset's labels too) keeps its pitch, distance and
+        intrinsics. ``yaw_deg`` is one angle or one per camera."""
+        cam2world = self.cam2world
+        angle = torch.deg2rad(
+            torch.as_tensor(yaw_deg, dtype=cam2world.dtype, device=cam2world.device)
+        )
+        angle = angle.reshape(-1).expand(len(self))
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        turn = torch.eye(4, dtype=cam2world.dtype, device=cam2world.device).repeat(len(self), 1, 1)
+        turn[:, 0, 0], turn[:, 0, 2], turn[:, 2, 0], turn[:, 2, 2] = cos, sin, -sin, cos
+        centre = torch.as_tensor(pivot, dtype=cam2world.dtype, device=cam2world.device)
+        moved = cam2world.clone()
+        moved[:, :3, 3] -= centre
+        moved = turn @ moved
+        moved[:, :3, 3] += centre
+        return Camera(moved, self.intrinsics.clone())
+
     def orbit_angles(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(yaw_deg, pitch_deg, radius) of each camera's position, the inverse of ``orbit``'s
         placement (its look-at target is not checked); [N] each."""

@@ -73,6 +73,43 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def warp_into_view(
+    image_b: torch.Tensor,
+    depth_a: torch.Tensor,
+    camera_a: Camera,
+    depth_b: torch.Tensor,
+    camera_b: Camera,
+    occlusion_tolerance: float = 0.02,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """View B's image at the surface points view A sees: ``image_b`` [N, C, H, W] resampled on
+    A's pixel grid, and the mask [N, 1, H, W] of A's pixels that B sees.
+
+    Each of A's pixels is lifted to 3D with ``depth_a`` (ray distances [N, 1, h, w], upsampled to
+    H; ``inf`` where a ray hits nothing) and projected into B. It counts when it lands inside B
+    and its distance from B's camera is within ``occlusion_tolerance`` (relative) of B's depth
+    there (B does not see it occluded). Differentiable in ``image_b``: the reprojection metric
+    and the student's consistency loss (``training/losses.py``) share it.
+    """
+    n, _, size, _ = image_b.shape
+    device = image_b.device
+    depth_a = _resize(depth_a.float(), size).reshape(n, -1, 1)
+    depth_b = _resize(depth_b.float(), size)
+    origins, directions = sample_rays(
+        camera_a.cam2world.to(device), camera_a.intrinsics.to(device), size
+    )
+    points = origins + directions * depth_a  # [N, H*W, 3]
+    cam_b = Camera(camera_b.cam2world.to(device), camera_b.intrinsics.to(device))
+    uvz = cam_b.project(points)
+    uv = uvz[..., :2]
+    grid = (uv * 2 - 1).reshape(n, size, size, 2)
+    seen = F.grid_sample(image_b, grid, mode="bilinear", align_corners=False)
+    b_depth = F.grid_sample(depth_b, grid, mode="bilinear", align_corners=False).reshape(n, -1)
+    distance = (points - cam_b.origin[:, None, :]).norm(dim=-1)
+    inside = ((uv > 0) & (uv < 1)).all(-1) & (uvz[..., 2] > 0)
+    visible = (distance - b_depth).abs() <= occlusion_tolerance * b_depth
+    return seen, (inside & visible).reshape(n, 1, size, size)
+
+
 def reprojection_error(
     image_a: torch.Tensor,
     depth_a: torch.Tensor,
@@ -85,28 +122,14 @@ def reprojection_error(
     """How well view B agrees with view A once A is moved into B's camera.
 
     ``image_*`` [N, 3, H, W] in [-1, 1]; ``depth_*`` [N, 1, h, w] ray distances (upsampled to the
-    image size; ``inf`` where a ray hits nothing, as the demo world's ground truth has). A pixel counts when it lands inside B and its distance from B's camera is within
-    ``occlusion_tolerance`` (relative) of B's depth there. A view pair that is consistent by
-    construction scores near 0; a student whose views drift apart scores higher than its teacher.
+    image size; ``inf`` where a ray hits nothing, as the demo world's ground truth has); the
+    pixels compared are ``warp_into_view``'s. A view pair that is consistent by construction
+    scores near 0; a student whose views drift apart scores higher than its teacher.
     """
-    n, _, size, _ = image_a.shape
-    device = image_a.device
-    depth_a = _resize(depth_a.float(), size).reshape(n, -1, 1)
-    depth_b = _resize(depth_b.float(), size)
-    origins, directions = sample_rays(
-        camera_a.cam2world.to(device), camera_a.intrinsics.to(device), size
+    size = image_a.shape[-1]
+    seen, valid = warp_into_view(
+        _unit(image_b), depth_a, camera_a, depth_b, camera_b, occlusion_tolerance
     )
-    points = origins + directions * depth_a  # [N, H*W, 3]
-    cam_b = Camera(camera_b.cam2world.to(device), camera_b.intrinsics.to(device))
-    uvz = cam_b.project(points)
-    uv = uvz[..., :2]
-    grid = (uv * 2 - 1).reshape(n, size, size, 2)
-    seen = F.grid_sample(_unit(image_b), grid, mode="bilinear", align_corners=False)
-    b_depth = F.grid_sample(depth_b, grid, mode="bilinear", align_corners=False).reshape(n, -1)
-    distance = (points - cam_b.origin[:, None, :]).norm(dim=-1)
-    inside = ((uv > 0) & (uv < 1)).all(-1) & (uvz[..., 2] > 0)
-    visible = (distance - b_depth).abs() <= occlusion_tolerance * b_depth
-    valid = (inside & visible).reshape(n, 1, size, size)
     diff = (seen - _unit(image_a)).abs().mean(1, keepdim=True)
     diff = torch.where(valid, diff, 0.0)  # not a product: an infinite depth makes NaN there
     count = valid.flatten(1).sum(1).float()

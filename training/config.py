@@ -51,6 +51,9 @@ class LossWeights:
     hr_l1: float = 1.0  # L1 between the final images
     hr_lpips: float = 1.0  # LPIPS between the final images (0 or use_lpips=False to disable)
     adversarial: float = 0.1  # stage 2: non-saturating GAN loss of the student
+    # L1 between the student's paired views warped onto each other with the teacher's depth
+    # (training/losses.py consistency_loss); > 0 renders the batch as pairs (pair_offset_deg)
+    consistency: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -117,6 +120,7 @@ class TrainConfig:
     cache: str | None = None  # pre-rendered teacher shards (`distill3d cache`) instead of live
     teacher_depth_samples: int | None = None  # None = the teacher's own setting
     teacher_importance_samples: int | None = None
+    pair_offset_deg: float = 10.0  # the consistency loss's second view: this much more yaw
     lr: float = 0.002  # Adam learning rate of the student
     betas: tuple[float, float] = (0.0, 0.99)  # StyleGAN2's Adam betas
     grad_clip: float = 10.0  # clip the global gradient norm (non-finite gradients are zeroed)
@@ -160,6 +164,23 @@ class TrainConfig:
             raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.eval_samples < 1:
             raise ConfigError("eval_samples must be >= 1")
+        if not (math.isfinite(self.pair_offset_deg) and 0 < self.pair_offset_deg <= 90):
+            raise ConfigError(f"pair_offset_deg must be in (0, 90], got {self.pair_offset_deg}")
+        if self.loss.consistency > 0 and self.cache:
+            raise ConfigError(
+                "loss.consistency needs the teacher's depth of paired views, which a teacher "
+                "cache does not hold: train with live renders (no --cache) or consistency 0"
+            )
+        if self.loss.consistency > 0 and self.batch_size % 2:
+            raise ConfigError(
+                f"loss.consistency renders the batch as view pairs: batch_size must be even, "
+                f"got {self.batch_size}"
+            )
+
+    @property
+    def paired_views(self) -> float | None:
+        """The yaw offset of each identity's second view when the batch is rendered as pairs."""
+        return self.pair_offset_deg if self.loss.consistency > 0 else None
 
     @property
     def uses_dataset_poses(self) -> bool:

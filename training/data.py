@@ -46,13 +46,17 @@ class TeacherBatch:
     c: torch.Tensor  # [B, 25] target camera label
     image: torch.Tensor  # [B, 3, R, R] final image, about [-1, 1]
     feature: torch.Tensor  # [B, C, r, r] low-resolution feature image; [:, :3] is RGB
+    depth: torch.Tensor | None = None  # [B, 1, r, r] ray distance (live renders; caches hold none)
+    paired: bool = False  # rows B/2.. show rows ..B/2 of the same identities from turned cameras
 
     @property
     def image_raw(self) -> torch.Tensor:
         return self.feature[:, :3]
 
     def to(self, device: torch.device | str) -> TeacherBatch:
-        return TeacherBatch(*(t.to(device) for t in (self.w, self.c, self.image, self.feature)))
+        depth = None if self.depth is None else self.depth.to(device)
+        tensors = (t.to(device) for t in (self.w, self.c, self.image, self.feature))
+        return TeacherBatch(*tensors, depth=depth, paired=self.paired)
 
 
 class PoseSampler:
@@ -90,6 +94,11 @@ class PoseSampler:
         )
         return camera.to_label()
 
+    def turned(self, labels: torch.Tensor, yaw_deg: torch.Tensor) -> torch.Tensor:
+        """Camera labels carried ``yaw_deg`` further around the teacher's pivot."""
+        camera = Camera.from_label(labels).turned(yaw_deg, self.rendering.avg_camera_pivot)
+        return camera.to_label()
+
 
 class TeacherSampler:
     """Renders the frozen teacher on the fly: z ~ N(0, I) (truncated), w from the frontal camera."""
@@ -102,6 +111,7 @@ class TeacherSampler:
         truncation_psi: float = 1.0,
         depth_samples: int | None = None,
         importance_samples: int | None = None,
+        pair_offset_deg: float | None = None,
     ) -> None:
         self.teacher = teacher
         self.poses = poses
@@ -109,19 +119,34 @@ class TeacherSampler:
         self.truncation_psi = truncation_psi
         self.depth_samples = depth_samples
         self.importance_samples = importance_samples
+        self.pair_offset_deg = pair_offset_deg
         self.device = next(teacher.parameters()).device
 
     def sample(self, step: int, rank: int, batch_size: int) -> TeacherBatch:
+        """``batch_size`` renders; with ``pair_offset_deg``, half as many identities, each seen
+        a second time from its camera turned by that many degrees (either way, at random)."""
+        pairs = self.pair_offset_deg is not None
+        if pairs and batch_size % 2:
+            raise ConfigError(f"paired views need an even batch per process, got {batch_size}")
+        identities = batch_size // 2 if pairs else batch_size
         z = torch.randn(
-            batch_size,
+            identities,
             self.teacher.z_dim,
             generator=cpu_generator(self.seed, step, rank, "latents"),
         )
-        c = self.poses.sample(batch_size, cpu_generator(self.seed, step, rank, "cameras"))
+        camera_rng = cpu_generator(self.seed, step, rank, "cameras")
+        c = self.poses.sample(identities, camera_rng)
+        if pairs:
+            assert self.pair_offset_deg is not None
+            sign = torch.randint(0, 2, (identities,), generator=camera_rng) * 2 - 1
+            turned = self.poses.turned(c, sign * self.pair_offset_deg)
+            z, c = torch.cat([z, z]), torch.cat([c, turned])
         render_rng = torch.Generator(self.device).manual_seed(
             step_seed(self.seed, step, rank, "render")
         )
-        return self.render(z, c, render_rng)
+        batch = self.render(z, c, render_rng)
+        batch.paired = pairs
+        return batch
 
     @torch.no_grad()
     def render(self, z: torch.Tensor, c: torch.Tensor, rng: torch.Generator) -> TeacherBatch:
@@ -136,7 +161,7 @@ class TeacherSampler:
             depth_resolution_importance=self.importance_samples,
             rng=rng,
         )
-        return TeacherBatch(ws[:, 0], c, out["image"], out["feature"])
+        return TeacherBatch(ws[:, 0], c, out["image"], out["feature"], out["image_depth"])
 
 
 # ---------------------------------------------------------------------------------------------

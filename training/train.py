@@ -439,6 +439,7 @@ def build_data(config: TrainConfig, teacher: TriPlaneGenerator, group: ProcessGr
         config.truncation_psi,
         config.teacher_depth_samples,
         config.teacher_importance_samples,
+        config.paired_views,
     )
     cache = TeacherCache(config.cache, config.seed) if config.cache else None
     return Data(poses, sampler, cache, dataset, group, config.batch_size // group.world_size)
