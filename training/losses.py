@@ -62,7 +62,7 @@ def consistency_loss(image: torch.Tensor, target: TeacherBatch) -> torch.Tensor:
             "renders (not --cache) with pair_offset_deg set"
         )
     half = len(image) // 2
-    cameras = Camera.from_label(target.c.detach().float().cpu())
+    cameras = Camera.from_label(target.c.detach().float())
     camera_a = Camera(cameras.cam2world[:half], cameras.intrinsics[:half])
     camera_b = Camera(cameras.cam2world[half:], cameras.intrinsics[half:])
     depth = target.depth.float()
