@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -125,10 +125,10 @@ class TeacherSampler:
     def sample(self, step: int, rank: int, batch_size: int) -> TeacherBatch:
         """``batch_size`` renders; with ``pair_offset_deg``, half as many identities, each seen
         a second time from its camera turned by that many degrees (either way, at random)."""
-        pairs = self.pair_offset_deg is not None
-        if pairs and batch_size % 2:
+        offset = self.pair_offset_deg
+        if offset is not None and batch_size % 2:
             raise ConfigError(f"paired views need an even batch per process, got {batch_size}")
-        identities = batch_size // 2 if pairs else batch_size
+        identities = batch_size if offset is None else batch_size // 2
         z = torch.randn(
             identities,
             self.teacher.z_dim,
@@ -136,17 +136,14 @@ class TeacherSampler:
         )
         camera_rng = cpu_generator(self.seed, step, rank, "cameras")
         c = self.poses.sample(identities, camera_rng)
-        if pairs:
-            assert self.pair_offset_deg is not None
+        if offset is not None:
             sign = torch.randint(0, 2, (identities,), generator=camera_rng) * 2 - 1
-            turned = self.poses.turned(c, sign * self.pair_offset_deg)
-            z, c = torch.cat([z, z]), torch.cat([c, turned])
+            z, c = torch.cat([z, z]), torch.cat([c, self.poses.turned(c, sign * offset)])
         render_rng = torch.Generator(self.device).manual_seed(
             step_seed(self.seed, step, rank, "render")
         )
         batch = self.render(z, c, render_rng)
-        batch.paired = pairs
-        return batch
+        return replace(batch, paired=offset is not None)
 
     @torch.no_grad()
     def render(self, z: torch.Tensor, c: torch.Tensor, rng: torch.Generator) -> TeacherBatch:

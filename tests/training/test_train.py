@@ -145,6 +145,16 @@ def _write_dataset(root: Path, teacher, n: int = 6) -> Path:
     return root
 
 
+def test_a_run_with_the_consistency_term_logs_it(teacher_dir, tmp_path):
+    config = _config(teacher_dir, steps=2, batch_size=4, loss={"consistency": 1.0})
+    train(config, tmp_path / "run", progress=False)
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    logged = [r["loss/consistency"] for r in rows if "loss/consistency" in r]
+    assert len(logged) == 2 and all(v > 0 for v in logged)
+
+
 def test_stage2_starts_from_stage1_and_mixes_real_images(teacher_dir, tmp_path):
     stage1 = tmp_path / "stage1"
     train(_config(teacher_dir, steps=2), stage1, progress=False)
