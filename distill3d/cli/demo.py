@@ -144,7 +144,10 @@ def _add_report(what: SubParsers) -> None:
         help="add a student's pose bias to the report (repeatable)",
     )
     report_p.add_argument("--scenes", type=int, default=16)
-    report_p.add_argument("--yaws", default="-50,-25,0,25,50", help="--yaws=-50,0,50")
+    report_p.add_argument("--yaws", default="-60,-30,0,30,60", help="--yaws=-60,0,60")
+    report_p.add_argument(
+        "--pitches", default="-20,0,20", help="every yaw at each of these (--pitches=-20,0,20)"
+    )
     report_p.add_argument("--turntable-frames", type=int, default=36)
     report_p.add_argument("--speed-repeats", type=int, default=5)
     report_p.add_argument("--bias-samples", type=int, default=64)
@@ -284,13 +287,22 @@ def cmd_demo_report(args: argparse.Namespace) -> None:
         for name, spec in named_specs(args.bias, "--bias", "STUDENT").items()
     }
     yaws = float_list(args.yaws, "--yaws")
-    if args.scenes < 1 or not yaws or args.turntable_frames < 2 or args.speed_repeats < 1:
+    pitches = float_list(args.pitches, "--pitches")
+    if (
+        args.scenes < 1
+        or not yaws
+        or not pitches
+        or args.turntable_frames < 2
+        or args.speed_repeats < 1
+    ):
         raise ConfigError(
-            "need --scenes >= 1, at least one yaw, --turntable-frames >= 2, --speed-repeats >= 1"
+            "need --scenes >= 1, at least one yaw and one pitch, --turntable-frames >= 2, "
+            "--speed-repeats >= 1"
         )
     config = DemoReportConfig(
         scenes=args.scenes,
         yaws=yaws,
+        pitches=pitches,
         grid_scenes=min(4, args.scenes),
         turntable_frames=args.turntable_frames,
         speed_repeats=args.speed_repeats,
@@ -301,6 +313,7 @@ def cmd_demo_report(args: argparse.Namespace) -> None:
     print(
         f"teacher vs ground truth {f['teacher_psnr']:.2f} dB; student vs teacher "
         f"{f['student_psnr']:.2f} dB; reprojection GT {r['ground_truth']:.4f}, teacher "
-        f"{r['teacher']:.4f}, student {r['student']:.4f}"
+        f"{r['teacher']:.4f}, student {r['student']:.4f}; pupil contrast teacher "
+        f"{f['teacher_pupil_contrast']:.3f}, student {f['student_pupil_contrast']:.3f}"
     )
     print(f"report: {args.out / 'report.md'}")

@@ -38,6 +38,6 @@ def test_evaluation_turntable_is_unchanged(config):
 def test_report_turntable_is_unchanged():
     config = DemoReportConfig()
     yaws, pitches = orbit_angles(report_path(config))
-    old_yaws, old_pitches = _before(config.turntable_frames, 60.0, config.pitch_deg)
+    old_yaws, old_pitches = _before(config.turntable_frames, 60.0, config.turntable_pitch_deg)
     assert torch.equal(_as_cameras_see_them(yaws), _as_cameras_see_them(old_yaws))
     assert torch.equal(_as_cameras_see_them(pitches), _as_cameras_see_them(old_pitches))

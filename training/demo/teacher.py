@@ -51,6 +51,7 @@ from ..run_state import (
     save_checkpoint_folder,
     save_state_folder,
 )
+from .face_metrics import feature_psnr, pupil_contrast
 from .scenes import (
     SCENE_DIM,
     build_scenes,
@@ -191,22 +192,13 @@ def set_w_avg(teacher: TriPlaneGenerator, samples: int = 4096, seed: int = 0) ->
     teacher.backbone.mapping.w_avg.copy_(ws[:, 0].mean(0))
 
 
-def feature_psnr(image: torch.Tensor, truth: torch.Tensor, part: torch.Tensor) -> float:
-    """PSNR in dB over the facial-feature pixels of a batch (``scenes.feature_mask``) only: a
-    model that draws a smooth face where the eyes, nose and mouth are scores low here however
-    well it draws the rest."""
-    mask = feature_mask(part).expand_as(truth)
-    error = ((image.clamp(-1, 1) - truth) / 2).square()[mask]
-    return float(-10 * torch.log10(error.mean().clamp_min(1e-10)))
-
-
 @torch.no_grad()
 def evaluate_teacher(teacher: TriPlaneGenerator, scenes: int) -> dict[str, float]:
-    """PSNR against ground truth (whole image and facial features only) and depth error on
-    held-out scenes at three yaws."""
+    """PSNR against ground truth (whole image and facial features only), pupil contrast
+    (``face_metrics.pupil_contrast``) and depth error on held-out scenes at three yaws."""
     device = next(teacher.parameters()).device
     z = sample_z(EVAL_SEED, scenes)
-    psnrs, feature_psnrs, depth_errors = [], [], []
+    psnrs, feature_psnrs, contrasts, depth_errors = [], [], [], []
     for yaw in EVAL_YAWS:
         camera = model_camera(teacher, [yaw] * scenes, [10.0] * scenes)
         truth = render_scenes(build_scenes(z), camera, teacher.config.img_resolution, 2)
@@ -216,12 +208,14 @@ def evaluate_teacher(teacher: TriPlaneGenerator, scenes: int) -> dict[str, float
         out = teacher.synthesis(teacher.mapping(z.to(device), c), c, noise_mode="const")
         psnrs.append(psnr(out["image"].cpu(), truth.image))
         feature_psnrs.append(feature_psnr(out["image"].cpu(), truth.image, truth.part))
+        contrasts.append(pupil_contrast(out["image"].cpu(), truth.part))
         solid = torch.isfinite(truth_lr.depth)
         err = (out["image_depth"].cpu() - truth_lr.depth.nan_to_num(posinf=0)).abs()
         depth_errors.append(float((err * solid).sum() / solid.sum().clamp(min=1)))
     return {
         "psnr_db": round(float(torch.cat(psnrs).mean()), 3),
         "feature_psnr_db": round(sum(feature_psnrs) / len(feature_psnrs), 3),
+        "pupil_contrast": round(float(torch.cat(contrasts).nanmean()), 4),
         "depth_mae": round(sum(depth_errors) / len(depth_errors), 5),
     }
 
