@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +220,11 @@ def write_cache(
         "teacher_sha256": teacher_sha256,
         "seed": sampler.seed,
         "truncation_psi": sampler.truncation_psi,
+        # Where the poses came from: a run checks its own cameras against these, because the
+        # student's declared pose range is computed from the run's camera distribution.
+        "cameras": (
+            None if sampler.poses.labels is not None else asdict(sampler.poses.distribution)
+        ),
     }
     (out / CACHE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return out
@@ -272,6 +277,21 @@ class TeacherCache:
 
     def teacher_sha256(self) -> str:
         return str(self.index.get("teacher_sha256", ""))
+
+    def check_cameras(self, cameras: CameraDistribution) -> None:
+        """Refuse a run whose camera distribution is not the one the cache's poses were drawn
+        from (a cache of a dataset's poses, or one written before this was recorded, passes)."""
+        recorded = self.index.get("cameras")
+        if not isinstance(recorded, dict):
+            return
+        wanted = asdict(cameras)
+        if recorded != wanted:
+            flags = " ".join(f"--set cameras.{k}={v:g}" for k, v in recorded.items())
+            raise ConfigError(
+                f"the teacher cache {self.path} drew its poses from cameras {recorded}, but this "
+                f"run's cameras are {wanted} (the student's declared pose range comes from them): "
+                f"pass {flags}"
+            )
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.count, generator=cpu_generator(self.seed, epoch, 0, "cache"))

@@ -442,6 +442,8 @@ def build_data(config: TrainConfig, teacher: TriPlaneGenerator, group: ProcessGr
         config.paired_views,
     )
     cache = TeacherCache(config.cache, config.seed) if config.cache else None
+    if cache is not None:
+        cache.check_cameras(config.cameras)
     return Data(poses, sampler, cache, dataset, group, config.batch_size // group.world_size)
 
 

@@ -133,6 +133,22 @@ def add_cache(sub: SubParsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncation", type=float, default=1.0)
     p.add_argument("--dataset", help="take poses from this dataset's labels")
+    from ..training.config import CameraDistribution
+
+    cameras = CameraDistribution()
+    for flag, field in (
+        ("--yaw-std", "yaw_std_deg"),
+        ("--yaw-max", "yaw_max_deg"),
+        ("--pitch-std", "pitch_std_deg"),
+        ("--pitch-max", "pitch_max_deg"),
+    ):
+        p.add_argument(
+            flag,
+            type=float,
+            dest=field,
+            default=getattr(cameras, field),
+            help=f"degrees, without --dataset (train with --set cameras.{field}= the same)",
+        )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_cache)
 
@@ -148,8 +164,11 @@ def cmd_cache(args: argparse.Namespace) -> None:
         from ..training.dataset import ImageDataset
 
         labels = ImageDataset(args.dataset).labels
+    cameras = CameraDistribution(
+        args.yaw_std_deg, args.yaw_max_deg, args.pitch_std_deg, args.pitch_max_deg
+    )
     sampler = TeacherSampler(
-        teacher, PoseSampler(teacher, CameraDistribution(), labels), args.seed, args.truncation
+        teacher, PoseSampler(teacher, cameras, labels), args.seed, args.truncation
     )
     write_cache(sampler, args.out, args.count, args.shard_size, args.batch_size, digest)
     print(f"wrote {args.count} teacher samples to {args.out}")

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from distill3d.cli import main
+from distill3d.models.camera import Camera
+from distill3d.models.checkpoint import read_checkpoint_info
 
 FAST = [
     "--no-lpips",
@@ -119,11 +123,18 @@ def test_cache_then_train_from_it(tmp_path, capsys) -> None:
                 "5",
                 "--shard-size",
                 "2",
+                "--yaw-std",
+                "20",
+                "--yaw-max",
+                "40",
             ]
         )
         == 0
     )
     assert len(list(cache.glob("shard-*.safetensors"))) == 3
+    yaws = torch.cat([load_file(str(f))["c"] for f in cache.glob("shard-*.safetensors")])
+    yaws = Camera.from_label(yaws).orbit_angles()[0]
+    assert float(yaws.abs().max()) <= 40 + 1e-3
     run = tmp_path / "run"
     assert (
         main(
@@ -139,12 +150,17 @@ def test_cache_then_train_from_it(tmp_path, capsys) -> None:
                 "2",
                 "--batch-size",
                 "2",
+                "--set",
+                "cameras.yaw_std_deg=20",
+                "--set",
+                "cameras.yaw_max_deg=40",
                 *FAST,
             ]
         )
         == 0
     )
     assert (run / "student" / "model.safetensors").is_file()
+    assert read_checkpoint_info(run / "student").metadata["pose_range"]["yaw_deg"] == 60
     assert main(["cache", "--teacher", "default", "--out", str(cache), "--count", "5"]) == 2
     assert "already holds a cache" in capsys.readouterr().err
 

@@ -214,6 +214,16 @@ def test_cached_teacher_trains_and_orders_samples_by_epoch(teacher_dir, tmp_path
         progress=False,
     )
     assert (tmp_path / "run" / "student" / "config.json").is_file()
+    # The student's declared pose range comes from the run's cameras: they must be the cache's.
+    with pytest.raises(ConfigError, match=r"--set cameras.yaw_max_deg=50"):
+        train(
+            _config(
+                teacher_dir, steps=2, cache=str(tmp_path / "cache"), cameras={"yaw_max_deg": 60}
+            ),
+            tmp_path / "run-60",
+            progress=False,
+        )
+    assert not (tmp_path / "run-60" / "student").exists()
     (tmp_path / "cache" / "cache.json").unlink()
     with pytest.raises(ConfigError, match="distill3d cache"):
         TeacherCache(tmp_path / "cache", seed=0)
