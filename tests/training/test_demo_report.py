@@ -40,6 +40,7 @@ def test_demo_report_writes_every_number_and_picture(tmp_path, capsys):
     )
     assert report["bias"]["s1"]["samples"] == 2
     assert Image.open(out / "samples.png").size == (2 * 128, 3 * 2 * 128)
+    assert Image.open(out / "faces.png").size == (2 * 3 * 128, 2 * 2 * 128)  # zoomed 2x
     assert decode_video((out / "turntable.gif").read_bytes()) == (3, 3 * 128, 128)
     markdown = (out / "report.md").read_text()
     assert "| teacher vs ground truth |" in markdown and "| s1 |" in markdown

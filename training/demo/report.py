@@ -14,7 +14,7 @@ and the student at every (yaw, pitch) of a grid across the training range, and t
 - speed of the student vs the teacher on the machine it runs on (batch 1, median);
 - optionally the pose bias of stage-2 students (``demo_data.green_shift``);
 - ``samples.png`` (rows: ground truth, teacher, student per scene; columns: yaws, at the middle
-  pitch) and
+  pitch), ``faces.png`` (frontal views side by side, enlarged) and
   ``turntable.gif`` (the three side by side).
 """
 
@@ -137,7 +137,8 @@ def demo_report(
     config: DemoReportConfig | None = None,
     bias_students: dict[str, Student] | None = None,
 ) -> dict[str, Any]:
-    """Measure and write ``report.md``, ``report.json``, ``samples.png`` and ``turntable.gif``."""
+    """Measure and write ``report.md``, ``report.json``, ``samples.png``, ``faces.png`` and
+    ``turntable.gif``."""
     config = config or DemoReportConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,6 +168,7 @@ def demo_report(
                         grid_rows[3 * i + j].append(a[name].image[i])
     grid = torch.cat([torch.cat(row, dim=2) for row in grid_rows], dim=1)
     save_image(batch_to_uint8(grid[None])[0], out / "samples.png")
+    _faces(teacher, student, z[:k], out / "faces.png")
     _turntable(teacher, student, z[:1], config, out / "turntable.gif")
     overall = _Fidelity.merged(per_yaw.values())
     report: dict[str, Any] = {
@@ -205,6 +207,19 @@ def _speed(teacher: TriPlaneGenerator, student: Student, repeats: int) -> dict[s
         name: round(1000 * statistics.median(time_calls(call, device, 1, repeats)), 3)
         for name, call in calls.items()
     }
+
+
+FACE_ZOOM = 2  # faces.png: pixels drawn as 2 x 2 blocks, so a pupil is visible on a web page
+
+
+def _faces(teacher: TriPlaneGenerator, student: Student, z: torch.Tensor, path: Path) -> None:
+    """``faces.png``: the scenes seen from the front (yaw 0, pitch 0), one row each, ground truth,
+    teacher and student side by side, every pixel enlarged ``FACE_ZOOM`` times (no smoothing)."""
+    views = _views(teacher, student, z, model_camera(teacher, [0.0] * len(z), [0.0] * len(z)))
+    rows = [torch.cat([views[name].image[i] for name in views], dim=2) for i in range(len(z))]
+    grid = torch.cat(rows, dim=1)
+    big = grid.repeat_interleave(FACE_ZOOM, dim=1).repeat_interleave(FACE_ZOOM, dim=2)
+    save_image(batch_to_uint8(big[None])[0], path)
 
 
 def turntable_path(config: DemoReportConfig) -> OrbitPath:
@@ -306,6 +321,10 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {b['green_shift']:+.4f} | {b['green_shift_std_error']:.4f} |")
         lines.append("")
     lines += [
+        "![faces](faces.png)",
+        "",
+        f"From the front, enlarged {FACE_ZOOM}x: ground truth, teacher, student.",
+        "",
         "![samples](samples.png)",
         "",
         f"Rows per scene: ground truth, teacher, student; columns: yaw {yaws} at pitch "
