@@ -57,6 +57,11 @@ class DemoReportConfig:
     speed_repeats: int = 5
     bias_samples: int = 64
 
+    @property
+    def samples_pitch_deg(self) -> float:
+        """The pitch that ``samples.png`` shows: the middle one of ``pitches``."""
+        return self.pitches[len(self.pitches) // 2]
+
 
 @dataclass
 class Views:
@@ -148,7 +153,6 @@ def demo_report(
     per_yaw = {yaw: _Fidelity() for yaw in config.yaws}
     consistency: dict[str, list[torch.Tensor]] = {"ground_truth": [], "teacher": [], "student": []}
     grid_rows: list[list[torch.Tensor]] = [[] for _ in range(3 * config.grid_scenes)]
-    grid_pitch = config.pitches[len(config.pitches) // 2]
     n, k = config.scenes, config.grid_scenes
     for yaw in config.yaws:
         for pitch in config.pitches:
@@ -162,7 +166,7 @@ def demo_report(
                 va, vb = a[name], b[name]
                 r = reprojection_error(va.image, va.depth, cam_a, vb.image, vb.depth, cam_b)
                 consistency[name].append(r.error)
-            if pitch == grid_pitch:
+            if pitch == config.samples_pitch_deg:
                 for i in range(k):
                     for j, name in enumerate(("ground_truth", "teacher", "student")):
                         grid_rows[3 * i + j].append(a[name].image[i])
@@ -173,6 +177,7 @@ def demo_report(
     overall = _Fidelity.merged(per_yaw.values())
     report: dict[str, Any] = {
         "config": asdict(config),
+        "samples_pitch_deg": config.samples_pitch_deg,
         "fidelity": overall.summary(),
         "fidelity_by_yaw": {f"{yaw:g}": f.summary() for yaw, f in per_yaw.items()},
         "reprojection_error": {key: _mean(torch.cat(v)) for key, v in consistency.items()},
@@ -328,7 +333,7 @@ def markdown(report: dict[str, Any]) -> str:
         "![samples](samples.png)",
         "",
         f"Rows per scene: ground truth, teacher, student; columns: yaw {yaws} at pitch "
-        f"{cfg['pitches'][len(cfg['pitches']) // 2]:g}.",
+        f"{report['samples_pitch_deg']:g}.",
         "",
         "![turntable](turntable.gif)",
         "",
