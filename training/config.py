@@ -90,6 +90,9 @@ class StudentSettings:
     """Architecture overrides of the student (None = the preset mirroring the teacher)."""
 
     mapping_layers: int | None = None
+    # Learning-rate multiplier of the (w, c) -> w' mapping. StyleGAN2's 0.01 keeps a GAN's
+    # mapping stable, but here the mapping is the student's only path for the camera.
+    mapping_lr_multiplier: float | None = None
     channel_base: int | None = None
     channel_max: int | None = None
     sr_channels: tuple[int, ...] | None = None  # a lighter SR: output channels per block

@@ -84,6 +84,25 @@ def test_one_step_changes_the_student_not_the_teacher(teacher_dir, tmp_path):
     assert info.metadata["pose_range"] == {"yaw_deg": 75.0, "pitch_deg": 30.0}
 
 
+def test_student_mapping_learning_rate_is_a_run_setting(teacher_dir):
+    from distill3d.training.config import StudentSettings
+    from distill3d.training.train import student_config_for
+
+    teacher = init_generator("tiny", seed=11)
+    default = student_config_for(_config(teacher_dir), teacher)
+    assert default.mapping_lr_multiplier == 0.01
+    config = TrainConfig.from_dict(
+        {**_config(teacher_dir).to_dict(), "student": {"mapping_lr_multiplier": 1.0}}
+    )
+    assert config.student == StudentSettings(mapping_lr_multiplier=1.0)
+    student = Student(student_config_for(config, teacher))
+    assert student.config.mapping_lr_multiplier == 1.0
+    # Equalised learning rate: the runtime gain of every mapping layer follows the multiplier.
+    assert student.student_mapping.fc0.weight_gain == pytest.approx(
+        1.0 / student.student_mapping.fc0.weight.shape[1] ** 0.5
+    )
+
+
 def test_stage1_lowers_heldout_error(teacher_dir, tmp_path):
     result = train(
         _config(teacher_dir, steps=40, checkpoint_every=40), tmp_path / "run", progress=False
