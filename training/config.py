@@ -112,7 +112,9 @@ class TrainConfig:
 
     teacher: str = ""  # teacher model: checkpoint folder, official .pkl or 'default'
     stage: int = 1  # 1: reconstruction; 2: reconstruction + adversarial
-    init_from: str | None = None  # stage 2: the stage-1 run directory (or a student checkpoint)
+    # The run directory (or student checkpoint) to start from: stage 2's stage-1 run; at stage 1 a
+    # warm start under new settings. Its student's architecture is kept (no student.* overrides).
+    init_from: str | None = None
     steps: int = 10_000  # optimisation steps in total (a resumed run continues to this)
     batch_size: int = 8  # global batch, split evenly over processes
     seed: int = 0  # everything random derives from it: init, latents, poses, ray jitter
@@ -147,6 +149,11 @@ class TrainConfig:
         if self.stage == 2 and not self.init_from:
             raise ConfigError(
                 "stage 2 starts from a stage-1 run: pass --init-from RUN_DIR (the stage-1 --out)"
+            )
+        if self.init_from and (self.student.overrides() or self.student.sr_channels):
+            raise ConfigError(
+                f"--init-from {self.init_from} keeps that student's architecture: drop the "
+                "student.* settings, or start a fresh student without --init-from"
             )
         for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "log_every"):
             if getattr(self, name) < 1:

@@ -181,18 +181,19 @@ def student_config_for(config: TrainConfig, teacher: TriPlaneGenerator) -> Stude
 def initial_student(
     config: TrainConfig, teacher: TriPlaneGenerator, teacher_sha256: str
 ) -> Student:
-    """Stage 1: a fresh student (seeded); stage 2: the EMA student of a stage-1 run."""
-    if config.stage == 1:
+    """A fresh student (seeded), or the student of ``init_from``: stage 2 always starts from its
+    stage-1 run; stage 1 may too, as a warm start that goes on reconstructing under new settings
+    (another learning rate, more cameras) with a fresh optimiser, which ``--resume`` refuses."""
+    if config.init_from is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             return student_from_teacher(teacher, student_config_for(config, teacher))
-    assert config.init_from is not None
     source = Path(config.init_from)
     if (source / STUDENT_DIR / CONFIG_NAME).is_file():
         source = source / STUDENT_DIR
     if not (source / CONFIG_NAME).is_file():
         raise ConfigError(
-            f"--init-from {config.init_from}: not a stage-1 run directory (no {STUDENT_DIR}/) "
+            f"--init-from {config.init_from}: not a training run directory (no {STUDENT_DIR}/) "
             "nor a student checkpoint"
         )
     info = read_checkpoint_info(source)

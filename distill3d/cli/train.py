@@ -27,7 +27,10 @@ def add_train(sub: SubParsers) -> None:
     p.add_argument("--stage", type=int, choices=[1, 2], help="1: reconstruction; 2: + adversarial")
     p.add_argument("--config", type=Path, help="YAML (or JSON) file of TrainConfig fields")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--init-from", help="stage 2: the stage-1 run directory")
+    p.add_argument(
+        "--init-from",
+        help="run directory to start from: stage 2's stage-1 run, or a stage-1 warm start",
+    )
     p.add_argument("--steps", type=int, help="total optimisation steps")
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--seed", type=int, help="run seed (weights, latents, poses)")

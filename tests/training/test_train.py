@@ -174,6 +174,25 @@ def test_a_run_with_the_consistency_term_logs_it(teacher_dir, tmp_path):
     assert len(logged) == 2 and all(v > 0 for v in logged)
 
 
+def test_stage1_warm_start_begins_from_the_given_student(teacher_dir, tmp_path):
+    from distill3d.training.train import initial_student
+
+    first = tmp_path / "first"
+    train(_config(teacher_dir, steps=2), first, progress=False)
+    digest = read_checkpoint_info(teacher_dir).weights_sha256
+    config = _config(teacher_dir, init_from=str(first), lr=0.01)
+    warm = initial_student(config, init_generator("tiny", seed=11), digest)
+    source = load_checkpoint(first / "student").state_dict()
+    assert all(torch.equal(v, source[k]) for k, v in warm.state_dict().items())
+    fresh = initial_student(_config(teacher_dir), init_generator("tiny", seed=11), digest)
+    assert any(not torch.equal(v, source[k]) for k, v in fresh.state_dict().items())
+    # It trains like any stage-1 run, and keeps the source's architecture.
+    result = train(config, tmp_path / "warm", progress=False)
+    assert result.step == 6
+    with pytest.raises(ConfigError, match="keeps that student's architecture"):
+        _config(teacher_dir, init_from=str(first), student={"channel_max": 8})
+
+
 def test_stage2_starts_from_stage1_and_mixes_real_images(teacher_dir, tmp_path):
     stage1 = tmp_path / "stage1"
     train(_config(teacher_dir, steps=2), stage1, progress=False)
@@ -284,7 +303,7 @@ def test_bad_setups_fail_clearly(teacher_dir, tmp_path, monkeypatch):
         train(_config(teacher_dir, steps=1), tmp_path / "r4", progress=False)
     with pytest.raises(ConfigError, match="holds no run"):
         train(None, tmp_path / "empty", resume=True, progress=False)
-    with pytest.raises(ConfigError, match="stage-1 run"):
+    with pytest.raises(ConfigError, match="not a training run directory"):
         train(
             _config(teacher_dir, stage=2, init_from=str(tmp_path)), tmp_path / "r5", progress=False
         )
