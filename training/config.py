@@ -150,7 +150,7 @@ class TrainConfig:
             raise ConfigError(
                 "stage 2 starts from a stage-1 run: pass --init-from RUN_DIR (the stage-1 --out)"
             )
-        if self.init_from and (self.student.overrides() or self.student.sr_channels):
+        if self.init_from and self.student != StudentSettings():
             raise ConfigError(
                 f"--init-from {self.init_from} keeps that student's architecture: drop the "
                 "student.* settings, or start a fresh student without --init-from"

@@ -184,7 +184,7 @@ def initial_student(
     """A fresh student (seeded), or the student of ``init_from``: stage 2 always starts from its
     stage-1 run; stage 1 may too, as a warm start that goes on reconstructing under new settings
     (another learning rate, more cameras) with a fresh optimiser, which ``--resume`` refuses."""
-    if config.init_from is None:
+    if not config.init_from:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             return student_from_teacher(teacher, student_config_for(config, teacher))
