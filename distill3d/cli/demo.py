@@ -46,6 +46,12 @@ def _add_scenes(what: SubParsers) -> None:
     )
     scenes_p.add_argument("--pitch", type=float, default=10.0)
     scenes_p.add_argument("--resolution", type=int, default=128)
+    scenes_p.add_argument(
+        "--focal",
+        type=float,
+        default=None,
+        help="normalised focal length: a teacher's framing (demo 2.4, the default; demo-face 3.2)",
+    )
     scenes_p.add_argument("--out", required=True, type=Path, help="PNG to write")
     scenes_p.set_defaults(func=cmd_demo_scenes)
 
@@ -202,16 +208,23 @@ def cmd_demo_inversion(args: argparse.Namespace) -> None:
 
 def cmd_demo_scenes(args: argparse.Namespace) -> None:
     from ..models.images import batch_to_uint8, save_image
-    from ..training.demo.scenes import build_scenes, render_scenes, scene_camera
+    from ..training.demo.scenes import (
+        CAMERA_FOCAL,
+        build_scenes,
+        check_focal,
+        render_scenes,
+        scene_camera,
+    )
     from ..training.demo.scenes import sample_z as scene_z
 
     seeds = int_list(args.seeds, "--seeds")
     yaws = float_list(args.yaws, "--yaws")
+    focal = check_focal(CAMERA_FOCAL if args.focal is None else args.focal)
     z = torch.cat([scene_z(seed, 1) for seed in seeds])
     scenes = build_scenes(z)
     rows = []
     for yaw in yaws:
-        camera = scene_camera([yaw] * len(seeds), [args.pitch] * len(seeds))
+        camera = scene_camera([yaw] * len(seeds), [args.pitch] * len(seeds), focal)
         image = render_scenes(scenes, camera, args.resolution, supersample=2).image
         rows.append(torch.cat(list(image), dim=2))
     save_image(batch_to_uint8(torch.cat(rows, dim=1)[None])[0], args.out)

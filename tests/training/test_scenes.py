@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -168,3 +169,18 @@ def test_the_batched_change_of_frame_matches_the_per_ellipsoid_formula():
         assert off.float().mean() < 0.005, off.float().mean()
         assert (depth[hit] - expected_depth[hit]).abs().median() < 1e-6
         assert (k[hit] == expected_k[hit]).float().mean() > 0.995
+
+
+def test_demo_scenes_command_frames_with_a_teachers_focal_length(tmp_path, capsys):
+    from PIL import Image
+
+    argv = ["demo", "scenes", "--seeds", "3", "--yaws", "0", "--resolution", "32"]
+    wide, tight = tmp_path / "wide.png", tmp_path / "tight.png"
+    assert main([*argv, "--out", str(wide)]) == 0
+    assert main([*argv, "--focal", "3.2", "--out", str(tight)]) == 0
+    # demo-face's framing: the same figure fills more of the image, so fewer pixels are background.
+    background = [(np.asarray(Image.open(p)).max(axis=2) < 8).mean() for p in (wide, tight)]
+    assert background[1] < background[0] - 0.05
+    capsys.readouterr()
+    assert main([*argv, "--focal", "0", "--out", str(tight)]) == 2
+    assert "focal must be a normalised focal length in [0.5, 20]" in capsys.readouterr().err

@@ -15,7 +15,6 @@ to it on the same latents cancels everything else (green hats, shading, visibili
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from .scenes import (
     SCENE_DIM,
     attributes,
     build_scenes,
+    check_focal,
     render_scenes,
     scene_camera,
 )
@@ -65,10 +65,7 @@ class BiasedDatasetConfig:
             raise ConfigError("count must be >= 1 and resolution >= 8")
         if not 0 <= self.green_at_large_yaw <= 1:
             raise ConfigError("green_at_large_yaw must be a probability")
-        if not math.isfinite(self.focal) or not 0.5 <= self.focal <= 20:
-            raise ConfigError(
-                f"focal must be a normalised focal length in [0.5, 20], got {self.focal}"
-            )
+        check_focal(self.focal)
 
 
 def _draw_latent(gen: torch.Generator, want_green: bool | None) -> torch.Tensor:

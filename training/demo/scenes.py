@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ...models.camera import Camera
 from ...models.eg3d.presets import DEMO_CAMERA_RADIUS, DEMO_FOCAL, DEMO_Z_DIM
 from ...models.eg3d.renderer import sample_rays
+from ...models.errors import ConfigError
 
 SCENE_DIM = DEMO_Z_DIM  # latent size: one number per attribute
 CAMERA_RADIUS = DEMO_CAMERA_RADIUS
@@ -318,6 +319,14 @@ def render_scenes(
     depth, part = _depth_and_parts(scenes, origins, directions)  # at pixel centres
     part = part.reshape(n, 1, r, r)
     return SceneRender(image * 2 - 1, depth.reshape(n, 1, r, r), covered, part)
+
+
+def check_focal(focal: float) -> float:
+    """``focal`` if it is a usable normalised focal length (fx / width) for the demo world's
+    framing (the demo teacher's 2.4, demo-face's 3.2), else a ConfigError naming the range."""
+    if not math.isfinite(focal) or not 0.5 <= focal <= 20:
+        raise ConfigError(f"focal must be a normalised focal length in [0.5, 20], got {focal}")
+    return focal
 
 
 def scene_camera(
